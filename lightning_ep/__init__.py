@@ -1,0 +1,29 @@
+"""lightning_ep: Equilibrium Propagation for convolutional spiking convergent networks."""
+
+from lightning_ep.blocks import SpikingConv2d, SpikingLinear
+from lightning_ep.bptt import BPTTResult, bptt_loss
+from lightning_ep.dynamics import DivergenceError, NetworkState, Relaxation, relax, relax_autograd
+from lightning_ep.ep import EPResult, equilibrium_propagation, free_phase
+from lightning_ep.network import Conv, ConvergentNetwork, Dense, two_conv_two_dense
+from lightning_ep.sigma_delta import SigmaDelta
+
+__all__ = [
+    "BPTTResult",
+    "Conv",
+    "ConvergentNetwork",
+    "Dense",
+    "DivergenceError",
+    "EPResult",
+    "NetworkState",
+    "Relaxation",
+    "SigmaDelta",
+    "SpikingConv2d",
+    "SpikingLinear",
+    "bptt_loss",
+    "equilibrium_propagation",
+    "free_phase",
+    "relax",
+    "relax_autograd",
+    "two_conv_two_dense",
+]
+__version__ = "0.1.0"

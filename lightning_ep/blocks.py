@@ -1,0 +1,96 @@
+"""Spiking blocks of a convergent network: synapses from one layer to the next, pooling, and the next layer's
+Sigma-Delta neuron. Each block gives its energy coupling and, in closed form, that coupling's two gradients:
+the forward drive (to the next layer) and the feedback (to the previous layer)."""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_ep.pooling import PoolingKind, check_pooling, pool, pool_adjoint, pooled_hw
+from lightning_ep.sigma_delta import SigmaDelta, SpikeFunction
+
+Shape = tuple[int, ...]
+
+
+class SpikingConv2d(nn.Module):
+    """conv (stride 1) -> pooling -> Sigma-Delta neuron. Coupling: ``<s_out, P(W * s_in + b)>``."""
+
+    def __init__(
+        self,
+        in_shape: Shape,
+        channels: int,
+        kernel_size: int = 5,
+        padding: int = 0,
+        pooling: str | None = "avg",
+        pool_size: int = 2,
+        threshold: float = 0.0,
+        graded: bool = True,
+        spike_grad: SpikeFunction | None = None,
+    ) -> None:
+        super().__init__()
+        if len(in_shape) != 3:
+            raise ValueError(f"a conv block needs a (channels, height, width) input, got shape {tuple(in_shape)}")
+        if channels < 1 or kernel_size < 1 or padding < 0 or pool_size < 1:
+            raise ValueError(
+                f"conv block needs channels>=1, kernel_size>=1, padding>=0, pool_size>=1; got {channels}, "
+                f"{kernel_size}, {padding}, {pool_size}"
+            )
+        self.pooling: PoolingKind = check_pooling(pooling)
+        self.pool_size = pool_size
+        self.in_shape = tuple(in_shape)
+        self.conv = nn.Conv2d(in_shape[0], channels, kernel_size, padding=padding)
+        h, w = in_shape[1] + 2 * padding - kernel_size + 1, in_shape[2] + 2 * padding - kernel_size + 1
+        if h < 1 or w < 1:
+            raise ValueError(f"kernel {kernel_size} with padding {padding} does not fit input {tuple(in_shape)}")
+        self.conv_hw = (h, w)
+        ph, pw = pooled_hw((h, w), self.pooling, pool_size)
+        if ph < 1 or pw < 1:
+            raise ValueError(f"pooling {pool_size}x{pool_size} does not fit the conv output {h}x{w}")
+        self.out_shape: Shape = (channels, ph, pw)
+        self.neuron = SigmaDelta(threshold, graded, spike_grad)
+
+    def forward_drive(self, s_in: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``P(W * s_in + b)`` and the max-pooling indices (``None`` unless max pooling)."""
+        return pool(self.conv(s_in), self.pooling, self.pool_size)
+
+    def feedback(self, s_out: Tensor, indices: Tensor | None) -> Tensor:
+        """``W^T *' P^T(s_out)``: the gradient of the coupling with respect to ``s_in``."""
+        up = pool_adjoint(s_out, self.pooling, self.pool_size, indices, self.conv_hw)
+        return F.conv_transpose2d(up, self.conv.weight, padding=self.conv.padding)
+
+    def coupling(self, s_in: Tensor, s_out: Tensor) -> Tensor:
+        """Per-sample ``<s_out, P(W * s_in + b)>``."""
+        return (s_out * self.forward_drive(s_in)[0]).flatten(1).sum(1)
+
+
+class SpikingLinear(nn.Module):
+    """dense synapses -> Sigma-Delta neuron. Coupling: ``<s_out, W flatten(s_in) + b>``."""
+
+    def __init__(
+        self,
+        in_shape: Shape,
+        features: int,
+        threshold: float = 0.0,
+        graded: bool = True,
+        spike_grad: SpikeFunction | None = None,
+    ) -> None:
+        super().__init__()
+        if features < 1:
+            raise ValueError(f"a dense block needs features >= 1, got {features}")
+        self.in_shape = tuple(in_shape)
+        self.linear = nn.Linear(math.prod(in_shape), features)
+        self.out_shape: Shape = (features,)
+        self.neuron = SigmaDelta(threshold, graded, spike_grad)
+
+    def forward_drive(self, s_in: Tensor) -> tuple[Tensor, None]:
+        return self.linear(s_in.flatten(1)), None
+
+    def feedback(self, s_out: Tensor, indices: Tensor | None = None) -> Tensor:
+        return (s_out @ self.linear.weight).view(s_out.shape[0], *self.in_shape)
+
+    def coupling(self, s_in: Tensor, s_out: Tensor) -> Tensor:
+        return (s_out * self.linear(s_in.flatten(1))).sum(1)
+

@@ -1,0 +1,37 @@
+"""The BPTT oracle: the loss at the end of the free phase, differentiated by autograd through every step of the
+same dynamics (through the spikes with their surrogate gradient). EP is judged against its gradient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from lightning_ep.dynamics import NetworkState, Relaxation, UpdateOrder, input_drive, relax
+from lightning_ep.network import ConvergentNetwork
+
+
+@dataclass
+class BPTTResult:
+    """``loss.backward()`` writes the BPTT gradient."""
+
+    loss: Tensor
+    logits: Tensor
+    free: Relaxation
+
+
+def bptt_loss(
+    net: ConvergentNetwork,
+    x: Tensor,
+    y: Tensor,
+    t1: int = 60,
+    update: UpdateOrder = "async",
+    init: NetworkState | None = None,
+) -> BPTTResult:
+    """Mean loss after ``t1`` free steps, with the autograd graph through all of them."""
+    net.check_input(x, y)
+    if not isinstance(t1, int) or t1 < 1:
+        raise ValueError(f"t1 (number of dynamics steps) must be an integer >= 1, got {t1!r}")
+    free = relax(net, input_drive(net, x), init or NetworkState.zeros(net, x.shape[0]), t1, update=update)
+    logits = net.logits(free.state.s)
+    return BPTTResult(net.loss(free.state.s, y).mean(), logits, free)

@@ -1,0 +1,200 @@
+"""Relaxation of a convergent network towards a minimum of ``F = E + beta * loss``.
+
+Every update sets a layer to ``clamp(-dF/ds + s, 0, 1)``, written out in closed form from the energy in
+``lightning_ep.network`` (forward drive from below, feedback through the transposed synapses from above), and
+computed from what the neighbours *transmit* (their Sigma-Delta reconstructions). ``update='async'`` updates
+layers 1, 3, ... and then 2, 4, ...: with average pooling this is exact block-coordinate descent of ``F`` and it
+settles; ``'sync'`` updates all layers at once from the previous step, as the reference implementations do.
+``relax_autograd`` is that reference: the same synchronous step, its drives taken by autograd of the energy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_ep.network import ConvergentNetwork
+
+UpdateOrder = Literal["async", "sync"]
+
+
+class DivergenceError(RuntimeError):
+    """The dynamics produced NaN or inf states."""
+
+
+@dataclass
+class NetworkState:
+    """States ``s`` and what each layer transmits ``r`` (``r is s`` when not spiking)."""
+
+    s: list[Tensor]
+    r: list[Tensor]
+
+    @staticmethod
+    def zeros(net: ConvergentNetwork, batch: int) -> NetworkState:
+        s = net.zero_states(batch)
+        return NetworkState(s, list(s))
+
+    def detach(self) -> NetworkState:
+        return NetworkState([t.detach() for t in self.s], [t.detach() for t in self.r])
+
+
+@dataclass
+class Relaxation:
+    """The end of a phase: the state, the steps run, the last step's largest state change and the spikes sent
+    per layer (summed over the batch and the steps; zeros when not spiking)."""
+
+    state: NetworkState
+    steps: int
+    last_change: float
+    spikes: list[Tensor] = field(default_factory=list)
+
+
+class _IndexCache:
+    """Max-pooling indices of each block's last forward drive, kept with the tensor they were computed from."""
+
+    def __init__(self, n: int) -> None:
+        self.entries: list[tuple[Tensor, Tensor] | None] = [None] * n
+
+    def store(self, i: int, src: Tensor, indices: Tensor | None) -> None:
+        if indices is not None:
+            self.entries[i] = (src, indices)
+
+    def lookup(self, net: ConvergentNetwork, i: int, src: Tensor) -> Tensor | None:
+        block = net.blocks[i]
+        if getattr(block, "pooling", None) != "max":
+            return None
+        entry = self.entries[i]
+        if entry is None or entry[0] is not src:
+            _, idx = block.forward_drive(src)
+            self.entries[i] = (src, idx)
+            return idx
+        return entry[1]
+
+
+def input_drive(net: ConvergentNetwork, x: Tensor) -> Tensor:
+    """The first layer's drive from the input: fixed during all phases, so computed once a batch."""
+    return net.blocks[0].forward_drive(x)[0]
+
+
+def _drive(net: ConvergentNetwork, i: int, x_drive: Tensor, r: list[Tensor], cache: _IndexCache) -> Tensor:
+    """``-dE/ds_i + s_i``: forward drive from layer i-1 plus feedback from layer i+1."""
+    if i == 0:
+        d = x_drive
+    else:
+        d, idx = net.blocks[i].forward_drive(r[i - 1])
+        cache.store(i, r[i - 1], idx)
+    if i + 1 < len(r):
+        d = d + net.blocks[i + 1].feedback(r[i + 1], cache.lookup(net, i + 1, r[i]))
+    return d
+
+
+def _nudged(net: ConvergentNetwork, d: Tensor, s_last: Tensor, beta: float, y1h: Tensor, exact: bool) -> Tensor:
+    """Add the nudge ``-beta dloss/ds_L`` to the last layer's drive. For mse and ``exact``, the closed-form
+    minimiser ``(d + beta y) / (1 + beta)`` (the same fixed point as the prototypical ``d + beta (y - s)``)."""
+    if net.readout is None:
+        return (d + beta * y1h) / (1.0 + beta) if exact else d + beta * (y1h - s_last)
+    p = F.softmax(net.readout(s_last.flatten(1)), dim=1)
+    return d + beta * ((y1h - p) @ net.readout.weight).view_as(d)
+
+
+def relax(
+    net: ConvergentNetwork,
+    x_drive: Tensor,
+    state: NetworkState,
+    steps: int,
+    beta: float = 0.0,
+    y: Tensor | None = None,
+    update: UpdateOrder = "async",
+    tol: float | None = None,
+) -> Relaxation:
+    """Run up to ``steps`` steps of the explicit dynamics from ``state``; stops early once the largest state
+    change of a step is ``<= tol`` (when given). Differentiable (BPTT) when run with autograd enabled."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if update not in ("async", "sync"):
+        raise ValueError(f"unknown update order {update!r}: use 'async' or 'sync'")
+    if beta != 0.0 and y is None:
+        raise ValueError("a nudged phase (beta != 0) needs the labels y")
+    n = len(state.s)
+    y1h = F.one_hot(y, net.num_classes).to(x_drive.dtype) if beta != 0.0 else x_drive
+    groups = [list(range(0, n, 2)), list(range(1, n, 2))] if update == "async" else [list(range(n))]
+    s, r = list(state.s), list(state.r)
+    spikes = [torch.zeros((), device=x_drive.device, dtype=x_drive.dtype) for _ in range(n)]
+    cache = _IndexCache(n)
+    change, t = float("inf"), 0
+    for t in range(1, steps + 1):
+        measure = tol is not None or t == steps
+        step_change = x_drive.new_zeros(()) if measure else None
+        for group in groups:
+            new = {}
+            for i in group:
+                d = _drive(net, i, x_drive, r, cache)
+                if i == n - 1 and beta != 0.0:
+                    d = _nudged(net, d, s[i], beta, y1h, exact=update == "async")
+                new[i] = d.clamp(0.0, 1.0)
+            for i, s_new in new.items():
+                if measure:
+                    step_change = torch.maximum(step_change, (s_new - s[i]).detach().abs().max())
+                s[i] = s_new
+                r[i], sent = net.blocks[i].neuron(s_new, r[i])
+                if sent is not None:
+                    spikes[i] = spikes[i] + sent.detach().abs().sum()
+        if measure:
+            change = float(step_change)
+            if tol is not None and change <= tol:
+                break
+    _check_finite(s, change)
+    return Relaxation(NetworkState(s, r), t, change, spikes)
+
+
+def relax_autograd(
+    net: ConvergentNetwork,
+    x: Tensor,
+    state: NetworkState,
+    steps: int,
+    beta: float = 0.0,
+    y: Tensor | None = None,
+) -> Relaxation:
+    """The reference implementations' dynamics: synchronous steps ``s <- clamp(dPhi/ds)``, where
+    ``Phi = -(E - 1/2|s|^2) - beta * loss`` and its gradient is taken by autograd at every step."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    s, r = list(state.s), list(state.r)
+    n = len(s)
+    spikes = [torch.zeros((), device=x.device, dtype=x.dtype) for _ in range(n)]
+    change = float("inf")
+    for t in range(1, steps + 1):
+        with torch.enable_grad():
+            r_leaf = [t_.detach().requires_grad_() for t_ in r]
+            s_last = s[-1].detach().requires_grad_()
+            inputs = [x, *r_leaf[:-1]]
+            phi = sum(b.coupling(u, v).sum() for b, u, v in zip(net.blocks, inputs, r_leaf, strict=True))
+            grads = torch.autograd.grad(phi, r_leaf)
+            drives = list(grads)
+            if beta != 0.0:
+                assert y is not None
+                (g_loss,) = torch.autograd.grad(-beta * net.loss([*s[:-1], s_last], y).sum(), s_last)
+                drives[-1] = drives[-1] + g_loss
+        new_s = [d.clamp(0.0, 1.0) for d in drives]
+        if t == steps:
+            change = max(float((a - b).abs().max()) for a, b in zip(new_s, s, strict=True))
+        s = new_s
+        for i in range(n):
+            r[i], sent = net.blocks[i].neuron(s[i], r[i])
+            if sent is not None:
+                spikes[i] = spikes[i] + sent.abs().sum()
+    _check_finite(s, change)
+    return Relaxation(NetworkState(s, r), steps, change, spikes)
+
+
+def _check_finite(s: list[Tensor], change: float) -> None:
+    for i, t in enumerate(s):
+        if not torch.isfinite(t).all():
+            raise DivergenceError(
+                f"the dynamics diverged: layer {i + 1}'s state holds NaN/inf (last change {change}). "
+                "Lower the learning rate or beta, check the input for NaN/inf, or clip the gradients."
+            )

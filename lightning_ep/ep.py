@@ -1,0 +1,134 @@
+"""Equilibrium Propagation: a free phase, nudged phases at +beta and -beta, and a surrogate loss whose parameter
+gradient is the EP estimate. The whole algorithm is in this file.
+
+    free:    s0  = relax(F(., beta=0))        T1 steps from zero (or a warm start)
+    nudge:   s+  = relax(F(., +beta))          T2 steps from s0
+             s-  = relax(F(., -beta))          T2 steps from s0
+    update:  dL/dtheta ~ (dF(s+, +beta)/dtheta - dF(s-, -beta)/dtheta) / (2 beta)
+
+The surrogate ``(F(s+, +beta) - F(s-, -beta)) / (2 beta)`` at detached states has exactly that gradient, so a
+plain ``backward()`` (or Lightning's ``manual_backward``) computes it, and any optimizer, gradient clipping and
+DDP's all-reduce work unchanged. ``one_sided`` uses (s0, s+); ``random_sign`` uses (s0, s±) with the sign drawn
+from a ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lightning_ep.dynamics import NetworkState, Relaxation, UpdateOrder, input_drive, relax, relax_autograd
+from lightning_ep.network import ConvergentNetwork
+
+Estimator = Literal["symmetric", "one_sided", "random_sign"]
+Dynamics = Literal["explicit", "autograd"]
+ESTIMATORS = ("symmetric", "one_sided", "random_sign")
+
+
+@dataclass
+class EPResult:
+    """``surrogate.backward()`` writes the EP gradient; the rest is for logging (all detached)."""
+
+    surrogate: Tensor
+    logits: Tensor
+    loss: Tensor
+    phases: dict[str, Relaxation]
+    free_state: NetworkState
+
+
+def check_ep_args(net: ConvergentNetwork, beta: float, t1: int, t2: int, estimator: str) -> None:
+    """Raise a ValueError that names a bad EP setting."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}: use one of {ESTIMATORS}")
+    if not (beta > 0.0 and beta < float("inf")):
+        raise ValueError(f"beta must be a finite number > 0, got {beta}")
+    if net.readout is None and estimator != "one_sided" and beta >= 1.0:
+        raise ValueError(f"beta must be < 1 with the mse output and a -beta phase (1 - beta > 0), got {beta}")
+    for name, t in (("t1", t1), ("t2", t2)):
+        if not isinstance(t, int) or t < 1:
+            raise ValueError(f"{name} (number of dynamics steps) must be an integer >= 1, got {t!r}")
+
+
+def free_phase(
+    net: ConvergentNetwork,
+    x: Tensor,
+    t1: int,
+    update: UpdateOrder = "async",
+    dynamics: Dynamics = "explicit",
+    tol: float | None = None,
+    init: NetworkState | None = None,
+) -> Relaxation:
+    """Relax with ``beta = 0`` from ``init`` (zeros by default); no autograd graph is kept."""
+    with torch.no_grad():
+        state = init if init is not None else NetworkState.zeros(net, x.shape[0])
+        if dynamics == "autograd":
+            return relax_autograd(net, x, state, t1)
+        return relax(net, input_drive(net, x), state, t1, update=update, tol=tol)
+
+
+def equilibrium_propagation(
+    net: ConvergentNetwork,
+    x: Tensor,
+    y: Tensor,
+    beta: float = 0.1,
+    t1: int = 60,
+    t2: int = 20,
+    estimator: Estimator = "symmetric",
+    update: UpdateOrder = "async",
+    dynamics: Dynamics = "explicit",
+    tol: float | None = None,
+    generator: torch.Generator | None = None,
+    init: NetworkState | None = None,
+) -> EPResult:
+    """Run the EP phases on a batch and return the surrogate whose parameter gradient is the EP estimate."""
+    check_ep_args(net, beta, t1, t2, estimator)
+    net.check_input(x, y)
+    if dynamics not in ("explicit", "autograd"):
+        raise ValueError(f"unknown dynamics {dynamics!r}: use 'explicit' or 'autograd'")
+    if dynamics == "autograd" and update != "sync":
+        raise ValueError("autograd dynamics are the synchronous reference: use update='sync' with them")
+    phases: dict[str, Relaxation] = {}
+    with torch.no_grad():
+        x_drive = input_drive(net, x)
+        phases["free"] = free = _relax(net, x, x_drive, init or NetworkState.zeros(net, x.shape[0]), t1, 0.0, y,
+                                       update, dynamics, tol)
+        if estimator == "random_sign":
+            sign = 1.0 if torch.rand((), generator=generator) < 0.5 else -1.0
+            betas = (sign * beta,)
+        else:
+            betas = (beta, -beta) if estimator == "symmetric" else (beta,)
+        for b in betas:
+            phases["positive" if b > 0 else "negative"] = _relax(net, x, x_drive, free.state, t2, b, y, update,
+                                                                 dynamics, tol)
+    if estimator == "symmetric":
+        hi, lo, b_hi, b_lo = phases["positive"].state, phases["negative"].state, beta, -beta
+    else:
+        nudged = phases["positive" if betas[0] > 0 else "negative"].state
+        hi, lo, b_hi, b_lo = nudged, free.state, betas[0], 0.0
+    f_hi = net.total_energy(x, [s.detach() for s in hi.s], y, b_hi)
+    f_lo = net.total_energy(x, [s.detach() for s in lo.s], y, b_lo)
+    surrogate = ((f_hi - f_lo) / (b_hi - b_lo)).mean()
+    with torch.no_grad():
+        logits = net.logits(free.state.s)
+        loss = net.loss(free.state.s, y).mean()
+    return EPResult(surrogate, logits, loss, phases, free.state)
+
+
+def _relax(
+    net: ConvergentNetwork,
+    x: Tensor,
+    x_drive: Tensor,
+    state: NetworkState,
+    steps: int,
+    beta: float,
+    y: Tensor,
+    update: UpdateOrder,
+    dynamics: Dynamics,
+    tol: float | None,
+) -> Relaxation:
+    if dynamics == "autograd":
+        return relax_autograd(net, x, state, steps, beta, y)
+    return relax(net, x_drive, state, steps, beta, y, update, tol)

@@ -1,0 +1,71 @@
+"""Sigma-Delta spiking neuron: a delta-encoder at the sender, a sigma-decoder at the receivers.
+
+The sender keeps ``r``, the value its receivers hold. Each step it emits the change ``s - r`` as signed spikes of
+size ``threshold`` and both sides add what was sent to ``r``; receivers compute with ``r``, never with ``s``.
+``threshold == 0`` is the non-spiking network (``r = s``): spiking is this one switch, not a second code path.
+The neuron keeps no state of its own (unlike snnTorch's ``mem`` buffers): ``r`` is passed in and returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from snntorch import surrogate as snn_surrogate
+from torch import Tensor, nn
+
+SpikeFunction = Callable[[Tensor], Tensor]
+
+
+def round_straight_through(q: Tensor) -> Tensor:
+    """``round(q)`` forward, identity backward (straight-through estimator)."""
+    return q + (torch.round(q) - q).detach()
+
+
+class SigmaDelta(nn.Module):
+    """Sigma-Delta encoder/decoder pair for one layer's signal.
+
+    Args:
+        threshold: spike size; 0 disables spiking (receivers then see the exact state).
+        graded: emit the whole rounded change ``round((s - r) / threshold)`` as one graded spike a step
+            (``|s - r| <= threshold / 2`` after every step); otherwise at most one signed spike a step.
+        spike_grad: snnTorch surrogate for the spike nonlinearity in BPTT (default ``snntorch.surrogate.atan()``);
+            graded spikes use the straight-through estimator.
+    """
+
+    def __init__(self, threshold: float = 0.0, graded: bool = True, spike_grad: SpikeFunction | None = None) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.graded = graded
+        self.spike_grad = spike_grad if spike_grad is not None else snn_surrogate.atan()
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        if not (value >= 0.0 and value < float("inf")):
+            raise ValueError(f"threshold must be a finite number >= 0 (0 disables spiking), got {value}")
+        self._threshold = float(value)
+
+    @property
+    def spiking(self) -> bool:
+        return self._threshold > 0.0
+
+    def forward(self, s: Tensor, r: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Encode ``s`` against the receivers' value ``r``; returns the new ``r`` and the signed spike counts
+        (``None`` when not spiking). ``r=None`` means the receivers hold zeros."""
+        if not self.spiking:
+            return s, None
+        delta = s if r is None else s - r
+        q = delta / self._threshold
+        if self.graded:
+            spikes = round_straight_through(q)
+        else:
+            spikes = self.spike_grad(q - 0.5) - self.spike_grad(-q - 0.5)
+        sent = spikes * self._threshold
+        return (sent if r is None else r + sent), spikes
+
+    def extra_repr(self) -> str:
+        return f"threshold={self._threshold}, graded={self.graded}"
