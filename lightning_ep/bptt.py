@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from lightning_ep.dynamics import NetworkState, Relaxation, UpdateOrder, input_drive, relax
+from lightning_ep.dynamics import DivergenceError, NetworkState, Relaxation, UpdateOrder, input_drive, relax
 from lightning_ep.network import ConvergentNetwork
 
 
@@ -34,4 +35,8 @@ def bptt_loss(
         raise ValueError(f"t1 (number of dynamics steps) must be an integer >= 1, got {t1!r}")
     free = relax(net, input_drive(net, x), init or NetworkState.zeros(net, x.shape[0]), t1, update=update)
     logits = net.logits(free.state.s)
-    return BPTTResult(net.loss(free.state.s, y).mean(), logits, free)
+    loss = net.loss(free.state.s, y).mean()
+    if not torch.isfinite(loss):
+        raise DivergenceError(f"the BPTT loss is {loss.item()}: a parameter is probably inf/NaN. Lower the "
+                              "learning rate, or clip the gradients.")
+    return BPTTResult(loss, logits, free)

@@ -20,7 +20,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_ep.dynamics import NetworkState, Relaxation, UpdateOrder, input_drive, relax, relax_autograd
+from lightning_ep.dynamics import (
+    DivergenceError,
+    NetworkState,
+    Relaxation,
+    UpdateOrder,
+    input_drive,
+    relax,
+    relax_autograd,
+)
 from lightning_ep.network import ConvergentNetwork
 
 Estimator = Literal["symmetric", "one_sided", "random_sign"]
@@ -111,6 +119,11 @@ def equilibrium_propagation(
     f_hi = net.total_energy(x, [s.detach() for s in hi.s], y, b_hi)
     f_lo = net.total_energy(x, [s.detach() for s in lo.s], y, b_lo)
     surrogate = ((f_hi - f_lo) / (b_hi - b_lo)).mean()
+    if not torch.isfinite(surrogate):
+        raise DivergenceError(
+            f"the EP surrogate is {surrogate.item()} (energy of the nudged states {f_hi.mean().item()}, of the other "
+            f"{f_lo.mean().item()}): a parameter is probably inf/NaN. Lower the learning rate or beta, or clip."
+        )
     with torch.no_grad():
         logits = net.logits(free.state.s)
         loss = net.loss(free.state.s, y).mean()

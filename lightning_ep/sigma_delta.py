@@ -15,6 +15,7 @@ from snntorch import surrogate as snn_surrogate
 from torch import Tensor, nn
 
 SpikeFunction = Callable[[Tensor], Tensor]
+_DEFAULT_SPIKE_GRAD: SpikeFunction = snn_surrogate.atan()
 
 
 def round_straight_through(q: Tensor) -> Tensor:
@@ -37,7 +38,7 @@ class SigmaDelta(nn.Module):
         super().__init__()
         self.threshold = threshold
         self.graded = graded
-        self.spike_grad = spike_grad if spike_grad is not None else snn_surrogate.atan()
+        self.spike_grad = spike_grad  # None: snnTorch's atan, looked up at call time so the module pickles
 
     @property
     def threshold(self) -> float:
@@ -63,7 +64,8 @@ class SigmaDelta(nn.Module):
         if self.graded:
             spikes = round_straight_through(q)
         else:
-            spikes = self.spike_grad(q - 0.5) - self.spike_grad(-q - 0.5)
+            spike = self.spike_grad or _DEFAULT_SPIKE_GRAD
+            spikes = (spike(q - 0.5) - spike(-q - 0.5)).to(q.dtype)
         sent = spikes * self._threshold
         return (sent if r is None else r + sent), spikes
 

