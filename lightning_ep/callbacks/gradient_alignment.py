@@ -43,7 +43,7 @@ def bptt_gradients(
 def alignment_figure(steps: Sequence[int], history: dict[str, list[tuple[float, float]]]) -> Figure:
     """Cosine and norm ratio of each parameter tensor over training: a colour per layer, weights solid, biases
     dashed."""
-    fig = new_figure(10, 4)
+    fig = new_figure(12, 4)
     ax_cos, ax_ratio = fig.subplots(1, 2)
     layers = sorted({name.rsplit(".", 2)[0] for name in history})
     colors = {layer: f"C{i % 10}" for i, layer in enumerate(layers)}
@@ -59,7 +59,7 @@ def alignment_figure(steps: Sequence[int], history: dict[str, list[tuple[float, 
     for ax in (ax_cos, ax_ratio):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_ratio.legend(fontsize=7, loc="best")
+    fig.legend(*ax_cos.get_legend_handles_labels(), loc="outside right center", fontsize=7)
     return fig
 
 

@@ -112,7 +112,7 @@ class MemoryMonitor(Callback):
         self._close()
         self._batch = batch if self.compare_bptt else None
         self._peak = None
-        self._baseline = reset_cuda_peak(pl_module.device) if pl_module.device.type == "cuda" else None
+        self._baseline = reset_cuda_peak(pl_module.device) if _is_cuda(pl_module.device) else None
         self._stack = ExitStack()
         self._saved = self._stack.enter_context(count_saved_bytes())
 
@@ -172,3 +172,7 @@ class MemoryMonitor(Callback):
         if self._stack is not None:
             self._stack.close()
             self._stack = None
+
+
+def _is_cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
