@@ -13,6 +13,7 @@ __all__ = [
     "ConvergentNetwork",
     "Dense",
     "DivergenceError",
+    "EPLightningModule",
     "EPResult",
     "NetworkState",
     "Relaxation",
@@ -27,3 +28,12 @@ __all__ = [
     "two_conv_two_dense",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``EPLightningModule`` is imported on first use, so the plain-PyTorch engine does not import Lightning."""
+    if name == "EPLightningModule":
+        from lightning_ep.module import EPLightningModule
+
+        return EPLightningModule
+    raise AttributeError(f"module 'lightning_ep' has no attribute {name!r}")

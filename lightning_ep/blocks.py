@@ -53,13 +53,32 @@ class SpikingConv2d(nn.Module):
         self.neuron = SigmaDelta(threshold, graded, spike_grad)
 
     def forward_drive(self, s_in: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``P(W * s_in + b)`` and the max-pooling indices (``None`` unless max pooling)."""
+        """``P(W * s_in + b)`` and the max-pooling indices (``None`` unless max pooling). Average pooling is
+        folded into the convolution (see :meth:`avg_pooled_weight`), which is exact and ~3x fewer FLOPs."""
+        if self.pooling == "avg":
+            conv = self.conv
+            return F.conv2d(s_in, self.avg_pooled_weight(), conv.bias, self.pool_size, conv.padding), None
         return pool(self.conv(s_in), self.pooling, self.pool_size)
 
     def feedback(self, s_out: Tensor, indices: Tensor | None) -> Tensor:
         """``W^T *' P^T(s_out)``: the gradient of the coupling with respect to ``s_in``."""
+        padding = self.conv.padding
+        if self.pooling == "avg":
+            k, w = self.pool_size, self.avg_pooled_weight()
+            out_pad = [n - ((m - 1) * k - 2 * p + w.shape[d + 2]) for d, (n, m, p) in
+                       enumerate(zip(self.in_shape[1:], s_out.shape[2:], padding, strict=True))]
+            return F.conv_transpose2d(s_out, w, stride=k, padding=padding, output_padding=out_pad)
         up = pool_adjoint(s_out, self.pooling, self.pool_size, indices, self.conv_hw)
-        return F.conv_transpose2d(up, self.conv.weight, padding=self.conv.padding)
+        return F.conv_transpose2d(up, self.conv.weight, padding=padding)
+
+    def avg_pooled_weight(self) -> Tensor:
+        """``W'`` with ``avgpool_k(W * s) = W' *_{stride k} s``: ``W`` convolved with a k x k box of 1/k^2
+        (kernel K + k - 1). The adjoint, nearest upsampling / k^2 then ``W^T``, is the stride-k transpose of ``W'``."""
+        w, k = self.conv.weight, self.pool_size
+        co, ci, kh, kw = w.shape
+        box = w.new_full((1, 1, k, k), 1.0 / (k * k))
+        wp = F.conv2d(F.pad(w.reshape(co * ci, 1, kh, kw), (k - 1,) * 4), box)
+        return wp.view(co, ci, kh + k - 1, kw + k - 1)
 
     def coupling(self, s_in: Tensor, s_out: Tensor) -> Tensor:
         """Per-sample ``<s_out, P(W * s_in + b)>``."""

@@ -49,21 +49,22 @@ def default_logger(project: str) -> dict[str, Any]:
 
 
 class EPLightningCLI(LightningCLI):
-    """Links the data's input shape and class count into the model."""
+    """Links the data's input shape and class count into the model; ``--ckpt_path`` resumes a run."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="checkpoint to resume from")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
 
-def run_recipe(
+def build_cli(
     datamodule_class: type[LightningDataModule],
     default_config: str | Path,
     project: str,
     args: Sequence[str] | None = None,
-) -> dict[str, float]:
-    """Fit then test; prints and returns the test metrics. ``default_config`` is read first, flags override it."""
-    cli = EPLightningCLI(
+) -> EPLightningCLI:
+    """Parse ``args`` (default: ``sys.argv``) over ``default_config`` and instantiate trainer, model and data."""
+    return EPLightningCLI(
         EPLightningModule,
         datamodule_class,
         run=False,
@@ -73,7 +74,12 @@ def run_recipe(
         parser_kwargs={"default_config_files": [str(default_config)]},
         trainer_defaults={"logger": default_logger(project), "default_root_dir": RUNS_DIR},
     )
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+
+def fit_and_test(cli: LightningCLI) -> dict[str, float]:
+    """Fit (resuming from ``--ckpt_path`` when given), test, print the test accuracy, close the W&B run."""
+    ckpt_path = cli.config.get("ckpt_path") if hasattr(cli.config, "get") else None
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule)
     metrics = results[0] if results else {}
     if cli.trainer.is_global_zero and "test/acc" in metrics:
@@ -82,3 +88,13 @@ def run_recipe(
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger.experiment.finish()  # flush the run (offline: its file is complete and ready to sync)
     return metrics
+
+
+def run_recipe(
+    datamodule_class: type[LightningDataModule],
+    default_config: str | Path,
+    project: str,
+    args: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Fit then test; prints and returns the test metrics. ``default_config`` is read first, flags override it."""
+    return fit_and_test(build_cli(datamodule_class, default_config, project, args))

@@ -13,7 +13,8 @@ from lightning_ep.data.sampler import EpochSeededSampler
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# The tests use tiny tensors: one intra-op thread is faster, and immune to other processes on a 2-core machine.
+torch.set_num_threads(1)
 
 
 class PatternDataModule(LightningDataModule):

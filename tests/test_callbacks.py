@@ -46,15 +46,6 @@ MEMORY_KEYS = ["memory/ep_saved_bytes", "memory/bptt_saved_bytes", "memory/ep_ov
 ALIGNED = {"beta": 0.005, "t1": 100, "t2": 50}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to other processes on a 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_module(**kwargs) -> EPLightningModule:
     torch.manual_seed(0)
     hp = {"input_shape": (1, 12, 12), "num_classes": NUM_CLASSES, "channels": (4, 6), "kernel_size": 3,

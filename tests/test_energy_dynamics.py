@@ -18,15 +18,6 @@ POOLINGS = ("avg", "max", "none")
 LOSSES = ("mse", "ce")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster (and immune to other processes on a 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_net(pooling="avg", loss="mse", input_shape=(1, 12, 12), seed=0, scale=1.0, **neuron):
     torch.manual_seed(seed)
     layers = [Conv(4, 3, pooling=pooling), Conv(6, 3, padding=1, pooling=pooling), Dense(16)]
@@ -233,3 +224,22 @@ def test_async_free_phase_settles(loss):
     # tol stops early and reports the steps it took
     assert early.steps < 300
     assert early.last_change <= 1e-6
+
+
+@pytest.mark.parametrize(("shape", "kernel", "padding", "size"),
+                         [((3, 12, 12), 5, 0, 2), ((2, 13, 13), 3, 1, 2), ((2, 14, 15), 3, 0, 3)])
+def test_folded_average_pooling_equals_conv_then_pool(shape, kernel, padding, size):
+    """The avg-pool block folds the pooling into a strided conv; check it against conv then avg_pool2d (an oracle
+    independent of the block) and its feedback against autograd of that composition."""
+    import torch.nn.functional as F
+
+    from lightning_ep.blocks import SpikingConv2d
+
+    torch.manual_seed(0)
+    block = SpikingConv2d(shape, 4, kernel, padding, "avg", size).double()
+    s = torch.rand(3, *shape, dtype=torch.float64, requires_grad=True)
+    reference = F.avg_pool2d(block.conv(s), size)
+    torch.testing.assert_close(block.forward_drive(s)[0], reference, rtol=0, atol=1e-12)
+    v = torch.rand_like(reference)
+    (grad,) = torch.autograd.grad((reference * v).sum(), s)
+    torch.testing.assert_close(block.feedback(v, None), grad, rtol=0, atol=1e-12)
