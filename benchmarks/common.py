@@ -4,6 +4,7 @@ and JSON output (a list of flat records in ``benchmarks/results/NAME.json``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gzip
 import json
@@ -36,10 +37,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 def setup_threads(threads: int) -> None:
     """Pin torch's intra-op (and inter-op) thread counts."""
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set: it can only be set once per process
         torch.set_num_interop_threads(threads)
-    except RuntimeError:  # already set (it can only be set once per process)
-        pass
 
 
 def cpu_name() -> str:

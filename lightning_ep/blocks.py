@@ -5,7 +5,9 @@ the forward drive (to the next layer) and the feedback (to the previous layer)."
 from __future__ import annotations
 
 import math
+import weakref
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -51,6 +53,10 @@ class SpikingConv2d(nn.Module):
             raise ValueError(f"pooling {pool_size}x{pool_size} does not fit the conv output {h}x{w}")
         self.out_shape: Shape = (channels, ph, pw)
         self.neuron = SigmaDelta(threshold, graded, spike_grad)
+        self._pooled_weight: tuple[weakref.ref, int, Tensor] | None = None  # avg_pooled_weight() outside autograd
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pooled_weight": None}  # the memo holds a weakref, which does not pickle
 
     def forward_drive(self, s_in: Tensor) -> tuple[Tensor, Tensor | None]:
         """``P(W * s_in + b)`` and the max-pooling indices (``None`` unless max pooling). Average pooling is
@@ -75,10 +81,16 @@ class SpikingConv2d(nn.Module):
         """``W'`` with ``avgpool_k(W * s) = W' *_{stride k} s``: ``W`` convolved with a k x k box of 1/k^2
         (kernel K + k - 1). The adjoint, nearest upsampling / k^2 then ``W^T``, is the stride-k transpose of ``W'``."""
         w, k = self.conv.weight, self.pool_size
+        differentiable = torch.is_grad_enabled() and w.requires_grad
+        memo = self._pooled_weight
+        if not differentiable and memo is not None and memo[0]() is w and memo[1] == w._version:
+            return memo[2]  # the same weight tensor, unchanged since (in-place updates bump _version)
         co, ci, kh, kw = w.shape
         box = w.new_full((1, 1, k, k), 1.0 / (k * k))
-        wp = F.conv2d(F.pad(w.reshape(co * ci, 1, kh, kw), (k - 1,) * 4), box)
-        return wp.view(co, ci, kh + k - 1, kw + k - 1)
+        wp = F.conv2d(F.pad(w.reshape(co * ci, 1, kh, kw), (k - 1,) * 4), box).view(co, ci, kh + k - 1, kw + k - 1)
+        if not differentiable:
+            self._pooled_weight = (weakref.ref(w), w._version, wp)
+        return wp
 
     def coupling(self, s_in: Tensor, s_out: Tensor) -> Tensor:
         """Per-sample ``<s_out, P(W * s_in + b)>``."""

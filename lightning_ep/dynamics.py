@@ -80,16 +80,27 @@ def input_drive(net: ConvergentNetwork, x: Tensor) -> Tensor:
     return net.blocks[0].forward_drive(x)[0]
 
 
+def _forward_drive(net: ConvergentNetwork, i: int, x_drive: Tensor, r: list[Tensor], cache: _IndexCache) -> Tensor:
+    """The drive of layer i from layer i-1 (its max-pooling indices are kept for layer i-1's feedback)."""
+    if i == 0:
+        return x_drive
+    d, idx = net.blocks[i].forward_drive(r[i - 1])
+    cache.store(i, r[i - 1], idx)
+    return d
+
+
+def _feedback(net: ConvergentNetwork, i: int, r: list[Tensor], cache: _IndexCache) -> Tensor | None:
+    """The drive of layer i from layer i+1 through the transposed synapses (None for the last layer)."""
+    if i + 1 >= len(r):
+        return None
+    return net.blocks[i + 1].feedback(r[i + 1], cache.lookup(net, i + 1, r[i]))
+
+
 def _drive(net: ConvergentNetwork, i: int, x_drive: Tensor, r: list[Tensor], cache: _IndexCache) -> Tensor:
     """``-dE/ds_i + s_i``: forward drive from layer i-1 plus feedback from layer i+1."""
-    if i == 0:
-        d = x_drive
-    else:
-        d, idx = net.blocks[i].forward_drive(r[i - 1])
-        cache.store(i, r[i - 1], idx)
-    if i + 1 < len(r):
-        d = d + net.blocks[i + 1].feedback(r[i + 1], cache.lookup(net, i + 1, r[i]))
-    return d
+    d = _forward_drive(net, i, x_drive, r, cache)
+    fb = _feedback(net, i, r, cache)
+    return d if fb is None else d + fb
 
 
 def _nudged(net: ConvergentNetwork, d: Tensor, s_last: Tensor, beta: float, y1h: Tensor, exact: bool) -> Tensor:
@@ -130,9 +141,12 @@ def relax(
         measure = tol is not None or t == steps
         step_change = x_drive.new_zeros(()) if measure else None
         for group in groups:
+            # All forward drives first: they hold the max-pooling indices the feedbacks need (sync updates).
+            forward = {i: _forward_drive(net, i, x_drive, r, cache) for i in group}
             new = {}
             for i in group:
-                d = _drive(net, i, x_drive, r, cache)
+                fb = _feedback(net, i, r, cache)
+                d = forward[i] if fb is None else forward[i] + fb
                 if i == n - 1 and beta != 0.0:
                     d = _nudged(net, d, s[i], beta, y1h, exact=update == "async")
                 new[i] = d.clamp(0.0, 1.0)

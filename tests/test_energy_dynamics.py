@@ -243,3 +243,27 @@ def test_folded_average_pooling_equals_conv_then_pool(shape, kernel, padding, si
     v = torch.rand_like(reference)
     (grad,) = torch.autograd.grad((reference * v).sum(), s)
     torch.testing.assert_close(block.feedback(v, None), grad, rtol=0, atol=1e-12)
+
+
+def test_folded_weight_memo_follows_weight_updates():
+    """Outside autograd the folded weight is memoised; an optimizer step (in place) or a new tensor refreshes it,
+    and under autograd it is rebuilt so gradients reach the conv weight."""
+    import copy
+    import pickle
+
+    from lightning_ep.blocks import SpikingConv2d
+
+    block = SpikingConv2d((2, 10, 10), 3, 3)
+    with torch.no_grad():
+        first = block.avg_pooled_weight()
+        assert block.avg_pooled_weight() is first
+        block.conv.weight.mul_(2.0)
+        torch.testing.assert_close(block.avg_pooled_weight(), 2.0 * first)
+    block.conv.weight = torch.nn.Parameter(torch.zeros_like(block.conv.weight))
+    with torch.no_grad():
+        assert block.avg_pooled_weight().abs().max() == 0
+    block.conv.weight.data.normal_()
+    block.forward_drive(torch.rand(1, 2, 10, 10))[0].sum().backward()
+    assert block.conv.weight.grad is not None and block.conv.weight.grad.abs().sum() > 0
+    clone = pickle.loads(pickle.dumps(block))
+    assert copy.deepcopy(block) is not None and clone._pooled_weight is None
