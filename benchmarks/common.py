@@ -6,12 +6,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import gzip
 import json
 import os
 import platform
 import shlex
-import struct
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_ep.data import read_idx
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 Record = dict[str, Any]
 
@@ -124,25 +123,6 @@ def print_table(
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
-
-
-def _read_idx_fallback(path: Path) -> np.ndarray:
-    """Minimal IDX reader (plain or gzip) used when ``lightning_ep.data.read_idx`` cannot be imported."""
-    raw = path.read_bytes()
-    data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    _, code, ndim = struct.unpack(">HBB", data[:4])
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    dtype = np.dtype(_IDX_DTYPES[code])
-    return np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file with the package's reader when it imports, else with the local fallback."""
-    try:
-        from lightning_ep.data.idx import read_idx as package_read_idx
-    except Exception:  # the data package is edited concurrently; the benchmark must not depend on it
-        return _read_idx_fallback(path)
-    return package_read_idx(path)
 
 
 @functools.lru_cache(maxsize=4)
