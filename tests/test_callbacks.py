@@ -205,7 +205,7 @@ def test_csv_logger(tmp_path):
 
 
 def test_wandb_offline(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -225,6 +225,7 @@ def test_wandb_offline(tmp_path, monkeypatch):
         run_dir = Path(logger.experiment.dir).parent
     finally:
         logger.experiment.finish()
+        wandb.teardown()  # wandb keeps its settings (WANDB_DIR) in-process: forget them for later tests
     history: dict[int, dict[str, object]] = {}
     for row in read_records(run_file(tmp_path))["history"]:
         if "trainer/global_step" in row:

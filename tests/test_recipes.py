@@ -50,6 +50,9 @@ def test_print_config_shows_every_group(tmp_path):
 
 @needs_fmnist
 def test_recipe_logs_to_wandb_offline(tmp_path, monkeypatch):
+    import wandb
+
+    wandb.teardown()  # start from wandb's defaults, whatever ran before in this process
     monkeypatch.chdir(tmp_path)
     metrics = run_recipe(FashionMNISTDataModule, ROOT / "recipes" / "configs" / "fmnist_demo.yaml", "test",
                          args=[*SMALL, "--trainer.max_steps=4", "--trainer.log_every_n_steps=1", "--model.beta=0.3"])
