@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import TINY, PatternDataModule
@@ -126,3 +128,19 @@ def test_wrong_input_shape_is_a_clear_error(patterns):
     model = _module(patterns)
     with pytest.raises(ValueError, match="does not match the network's input_shape"):
         model(torch.rand(2, 1, 28, 28))
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
+                    reason="FashionMNIST offline files absent: apt-get install -y dataset-fashion-mnist")
+def test_short_real_data_run_beats_chance_by_far(tmp_path):
+    """A small spiking conv net, 2048 real FashionMNIST images, one epoch: far above the 10 % of chance."""
+    from lightning_ep.data import FashionMNISTDataModule
+
+    seed_everything(0)
+    data = FashionMNISTDataModule(batch_size=32, val_size=1000, train_subset=2048)
+    model = EPLightningModule(channels=[8, 16], hidden=[64], threshold=0.01, t1=15, t2=6, beta=0.3, lr=2e-3)
+    trainer = _trainer(tmp_path, max_epochs=1, limit_val_batches=0, limit_test_batches=16)
+    trainer.fit(model, data)
+    acc = trainer.test(model, data, verbose=False)[0]["test/acc"]
+    print(f"FashionMNIST, 2048 training images, one epoch: test accuracy {acc:.3f} on 512 test images")
+    assert acc > 0.5, f"test accuracy {acc:.3f} after one epoch on 2048 images (chance: 0.10)"
