@@ -3,7 +3,7 @@
     python benchmarks/training.py fmnist --config recipes/configs/fmnist_paper.yaml [any recipe flags]
     python benchmarks/training.py mnist --config recipes/configs/mnist_paper.yaml --trainer.max_time 00:02:00:00
 
-Each record: dataset, method ("ep"/"bptt"), spiking, pooling, epochs (completed), test_error (a fraction),
+Each record: dataset, method ("ep"/"bptt"), spiking, pooling, epochs (trained, fractional), test_error (a fraction),
 wall_s (fit + test), hardware, command, complete (all configured epochs ran, not cut by max_time/max_steps or
 a train subset), plus the settings that matter (threshold, hidden, t1, t2, beta, batch_size, train_samples).
 """
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> dict:
     metrics = fit_and_test(cli)
     wall = time.perf_counter() - start
     hp, trainer, data = cli.model.hparams, cli.trainer, cli.datamodule
-    epochs_done = trainer.current_epoch
+    epochs_done = round(trainer.global_step / max(1, trainer.num_training_batches), 2)  # fractional when cut
     complete = (trainer.max_epochs is not None and epochs_done >= trainer.max_epochs
                 and data.hparams.train_subset is None and trainer.max_steps in (-1, None))
     record = {

@@ -156,7 +156,7 @@ class EPLightningModule(LightningModule):
         if sched is not None:
             sched.step()
         self.train_acc(logits, y)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         self._log_phases("train", phases, len(y))
         return loss
@@ -198,15 +198,17 @@ class EPLightningModule(LightningModule):
         (spikes per neuron per step, in the free phase)."""
         on_step = stage == "train"
         for name, phase in phases.items():
-            self.log(f"{stage}/change_{name}", phase.last_change, on_step=on_step, on_epoch=True, batch_size=batch)
+            self.log(f"{stage}/change_{name}", phase.last_change, on_step=on_step, on_epoch=True, sync_dist=True,
+                     batch_size=batch)
             if self.hparams.tol is not None:
-                self.log(f"{stage}/steps_{name}", float(phase.steps), on_step=on_step, on_epoch=True,
+                self.log(f"{stage}/steps_{name}", float(phase.steps), on_step=on_step, on_epoch=True, sync_dist=True,
                          batch_size=batch)
         if self.net.spiking:
             free = phases["free"]
             for i, (count, shape) in enumerate(zip(free.spikes, self.net.state_shapes, strict=True)):
                 rate = count / (batch * free.steps * torch.Size(shape).numel())
-                self.log(f"{stage}/spike_rate_layer{i + 1}", rate, on_step=on_step, on_epoch=True, batch_size=batch)
+                self.log(f"{stage}/spike_rate_layer{i + 1}", rate, on_step=on_step, on_epoch=True, sync_dist=True,
+                         batch_size=batch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ep_generator_state"] = self.generator.get_state()
