@@ -20,7 +20,8 @@ def check_pooling(kind: str | None) -> PoolingKind:
 
 
 def pool(u: Tensor, kind: PoolingKind, size: int) -> tuple[Tensor, Tensor | None]:
-    """Pool ``u`` (B, C, H, W); returns the pooled tensor and, for max pooling, the argmax indices."""
+    """Pool ``u`` (B, C, H, W); returns the pooled tensor and, for max pooling, the argmax indices. (Average
+    pooling is folded into the convolution: ``SpikingConv2d.avg_pooled_weight``.)"""
     if kind == "avg":
         return F.avg_pool2d(u, size), None
     if kind == "max":
@@ -29,21 +30,16 @@ def pool(u: Tensor, kind: PoolingKind, size: int) -> tuple[Tensor, Tensor | None
 
 
 def pool_adjoint(v: Tensor, kind: PoolingKind, size: int, indices: Tensor | None, out_hw: tuple[int, int]) -> Tensor:
-    """The adjoint of :func:`pool` at the forward point: nearest-neighbour upsampling / size² for average
-    pooling, max-unpooling at the forward indices for max pooling. ``out_hw`` is the unpooled height, width."""
+    """The adjoint of :func:`pool` at the forward point for max pooling (max-unpooling at the forward indices) and
+    no pooling. ``out_hw`` is the unpooled height, width. Average pooling's adjoint (nearest-neighbour upsampling
+    / size²) is the strided transpose of the folded convolution in ``SpikingConv2d``."""
     if kind == "none":
         return v
     if kind == "max":
         if indices is None:
             raise ValueError("max pooling's adjoint needs the indices of the forward pooling")
         return F.max_unpool2d(v, indices, size, output_size=out_hw)
-    b, c, h, w = v.shape
-    up = v[:, :, :, None, :, None].expand(b, c, h, size, w, size).reshape(b, c, h * size, w * size)
-    up = up * (1.0 / (size * size))
-    pad_h, pad_w = out_hw[0] - h * size, out_hw[1] - w * size
-    if pad_h or pad_w:
-        up = F.pad(up, (0, pad_w, 0, pad_h))
-    return up
+    raise ValueError("average pooling is folded into the convolution: use SpikingConv2d.feedback")
 
 
 def pooled_hw(hw: tuple[int, int], kind: PoolingKind, size: int) -> tuple[int, int]:
