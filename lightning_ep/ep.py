@@ -72,9 +72,7 @@ def free_phase(
     """Relax with ``beta = 0`` from ``init`` (zeros by default); no autograd graph is kept."""
     with torch.no_grad():
         state = init if init is not None else NetworkState.zeros(net, x.shape[0])
-        if dynamics == "autograd":
-            return relax_autograd(net, x, state, t1)
-        return relax(net, input_drive(net, x), state, t1, update=update, tol=tol)
+        return _relax(net, x, input_drive(net, x), state, t1, 0.0, None, update, dynamics, tol)
 
 
 def equilibrium_propagation(
@@ -137,7 +135,7 @@ def _relax(
     state: NetworkState,
     steps: int,
     beta: float,
-    y: Tensor,
+    y: Tensor | None,
     update: UpdateOrder,
     dynamics: Dynamics,
     tol: float | None,

@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ep.bptt import bptt_loss
-from lightning_ep.dynamics import DivergenceError, Relaxation
+from lightning_ep.dynamics import Relaxation
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
 
@@ -143,9 +143,6 @@ class EPLightningModule(LightningModule):
         else:
             out = bptt_loss(self.net, x, y, hp.t1, hp["update"])
             objective, logits, loss, phases = out.loss, out.logits.detach(), out.loss.detach(), {"free": out.free}
-        if not torch.isfinite(objective):
-            raise DivergenceError(f"the {hp.method} objective is {objective.item()} at step {self.global_step}: "
-                                  "lower the learning rate or beta, or set gradient_clip_val")
         opt = self.optimizers()
         opt.zero_grad()
         self.manual_backward(objective)
