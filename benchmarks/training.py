@@ -34,6 +34,10 @@ class CurveRecorder(Callback):
 
     def __init__(self) -> None:
         self.points: list[dict[str, float]] = []
+        self.start = time.perf_counter()
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.start = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -46,9 +50,6 @@ class CurveRecorder(Callback):
                 point[key.replace("/", "_")] = round(float(metrics[key]), 6)
         self.points.append(point)
         print(f"curve: {json.dumps(point)}", flush=True)
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.start = time.perf_counter()
 
 
 def main(argv: list[str]) -> dict:
