@@ -10,6 +10,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ep.data.sampler import EpochSeededSampler
+from lightning_ep.data.sources import DEBIAN_FASHION_MNIST_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -41,6 +42,12 @@ class PatternDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.data, batch_size=64)
 
+
+needs_fmnist = pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason=f"FashionMNIST not installed in {DEBIAN_FASHION_MNIST_DIR}: apt-get install -y dataset-fashion-mnist "
+    "(scripts/setup.sh does it)",
+)
 
 TINY = dict(channels=[4], kernel_size=3, hidden=[16], t1=20, t2=8, beta=0.2, lr=1e-2)
 

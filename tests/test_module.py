@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import TINY, PatternDataModule
+from conftest import TINY, PatternDataModule, needs_fmnist
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 
@@ -130,8 +128,7 @@ def test_wrong_input_shape_is_a_clear_error(patterns):
         model(torch.rand(2, 1, 28, 28))
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
-                    reason="FashionMNIST offline files absent: apt-get install -y dataset-fashion-mnist")
+@needs_fmnist
 def test_short_real_data_run_beats_chance_by_far(tmp_path):
     """A small spiking conv net, 2048 real FashionMNIST images, one epoch: far above the 10 % of chance."""
     from lightning_ep.data import FashionMNISTDataModule

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, PatternDataModule
+from conftest import TINY, PatternDataModule, needs_fmnist
 from helpers.wandb_offline import read_records, run_file
 from lightning.pytorch import Trainer
 
@@ -19,9 +19,6 @@ from lightning_ep.data import FashionMNISTDataModule
 from lightning_ep.module import EPLightningModule
 
 ROOT = Path(__file__).resolve().parents[1]
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="FashionMNIST offline files absent: "
-                                  "apt-get install -y dataset-fashion-mnist (scripts/setup.sh does it)")
 # A tiny network and a short run, so that a recipe finishes in seconds.
 SMALL = ["--model.channels=[4, 8]", "--model.hidden=[16]", "--model.t1=8", "--model.t2=4", "--data.train_subset=256",
          "--data.val_size=64", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=2",
