@@ -29,6 +29,11 @@ from lightning_ep.data import FashionMNISTDataModule, MNISTDataModule  # noqa: E
 DATASETS = {"fmnist": (FashionMNISTDataModule, "fmnist_demo.yaml"), "mnist": (MNISTDataModule, "mnist_demo.yaml")}
 
 
+def epochs_trained(trainer: Trainer) -> float:
+    """Epochs trained so far, fractional within an epoch (and when a run is cut)."""
+    return trainer.global_step / max(1, trainer.num_training_batches)
+
+
 class CurveRecorder(Callback):
     """Keeps one point per validation run: the learning curve stored with the record."""
 
@@ -43,7 +48,7 @@ class CurveRecorder(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
-        point = {"epoch": round(trainer.global_step / max(1, trainer.num_training_batches), 3),
+        point = {"epoch": round(epochs_trained(trainer), 3),
                  "wall_s": round(time.perf_counter() - self.start, 1)}
         for key in ("val/acc", "val/loss", "val/change_free"):
             if key in metrics:
@@ -64,7 +69,7 @@ def main(argv: list[str]) -> dict:
     metrics = fit_and_test(cli)
     wall = time.perf_counter() - start
     hp, trainer, data = cli.model.hparams, cli.trainer, cli.datamodule
-    epochs_done = round(trainer.global_step / max(1, trainer.num_training_batches), 2)  # fractional when cut
+    epochs_done = round(epochs_trained(trainer), 2)
     complete = (trainer.max_epochs is not None and epochs_done >= trainer.max_epochs
                 and data.hparams.train_subset is None and trainer.max_steps in (-1, None))
     record = {
