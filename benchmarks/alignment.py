@@ -106,7 +106,7 @@ def train(pooling: str, args: argparse.Namespace) -> tuple[ConvergentNetwork, di
     acc = loss = float("nan")
     start = time.perf_counter()
     for k in range(args.train_steps):
-        x, y, _ = load_batch(args.train_batch, offset=k * args.train_batch)
+        x, y, _ = load_batch(args.train_batch, offset=k * args.train_batch, data_dir=args.data_dir)
         res = equilibrium_propagation(net, x, y, beta=args.train_beta, t1=args.train_t1, t2=args.train_t2,
                                       update="async")
         opt.zero_grad()
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_threads(args.threads)
     load_start = load_average()
     dtype = getattr(torch, args.dtype)
-    x, y, source = load_batch(args.batch, offset=0, split="test")
+    x, y, source = load_batch(args.batch, offset=0, split="test", data_dir=args.data_dir)
     x = x.to(dtype)
     print(f"alignment: 2C2FC hidden {args.hidden}, batch {args.batch} ({source}), {args.dtype}, async updates, "
           f"betas {args.betas}, T1 {args.t1}, T2 {args.t2}, spiking thresholds {args.thresholds}; load {load_start}")
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
           "(criterion >= 0.99)")
     write_json("alignment", stamp(align + acts, load_avg_start=load_start, load_avg_end=load_average(),
                                   data=source, dtype=args.dtype, hidden=args.hidden, batch=args.batch),
-               args.out)
+               args.out, args.quick)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Shared helpers of the benchmark scripts: thread setup, a hardware string, real data batches, table printing
-and JSON output (a list of flat records in ``benchmarks/results/NAME.json``)."""
+and JSON output (a list of flat records in ``benchmarks/results/NAME.json``; ``--quick`` runs write to
+``benchmarks/results/quick/``)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_ep.data import read_idx
+from lightning_ep.data import DataNotFoundError, load_split
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+QUICK_DIR = RESULTS_DIR / "quick"  # --quick runs write here (git-ignored), never over the full results
 
 Record = dict[str, Any]
 
@@ -30,7 +31,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     """``--quick``, ``--threads`` and ``--out`` (the JSON file), shared by every benchmark."""
     parser.add_argument("--quick", action="store_true", help="small settings that finish in under 2 minutes")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON output path (default benchmarks/results/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON output (default benchmarks/results/, with --quick benchmarks/results/quick/)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="directory with the FashionMNIST IDX files (default: the package's offline sources)")
 
 
 def setup_threads(threads: int) -> None:
@@ -76,9 +80,10 @@ def stamp(records: Sequence[Record], **extra: Any) -> list[Record]:
     return [{**r, **common} for r in records]
 
 
-def write_json(name: str, records: Sequence[Record], out: Path | None = None) -> Path:
-    """Write ``records`` (flat dicts) as a JSON list to ``out`` or ``benchmarks/results/NAME.json``."""
-    path = out if out is not None else RESULTS_DIR / f"{name}.json"
+def write_json(name: str, records: Sequence[Record], out: Path | None = None, quick: bool = False) -> Path:
+    """Write ``records`` (flat dicts) as a JSON list to ``out``, else ``benchmarks/results/NAME.json`` (a full run)
+    or ``benchmarks/results/quick/NAME.json`` (a ``--quick`` run, which never overwrites the full results)."""
+    path = out if out is not None else (QUICK_DIR if quick else RESULTS_DIR) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(list(records), indent=1, default=_jsonable) + "\n")
     print(f"wrote {len(records)} records to {path}")
@@ -126,32 +131,30 @@ def print_table(
 
 
 @functools.lru_cache(maxsize=4)
-def _load_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
-    return read_idx(images), read_idx(labels)
+def _load_split(train: bool, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_split("fashion_mnist", train, data_dir)
 
 
 def load_batch(
     n: int,
     offset: int = 0,
     split: str = "train",
-    data_dir: Path = DEFAULT_DATA_DIR,
+    data_dir: Path | str | None = None,
     dtype: torch.dtype = torch.float32,
     allow_synthetic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """``n`` images (scaled to [0, 1], shape (n, 1, 28, 28)) and labels from an MNIST-format IDX pair, starting at
-    ``offset``; returns ``(x, y, source)``. With ``allow_synthetic`` a missing dataset gives uniform noise and
+    """``n`` FashionMNIST images (in [0, 1], shape (n, 1, 28, 28)) and labels of ``split``, starting at ``offset``;
+    returns ``(x, y, source)``. The data come from ``lightning_ep.data.load_split`` (``data_dir``, then the offline
+    sources; its error lists every option). With ``allow_synthetic`` a missing dataset gives uniform noise and
     random labels instead (for timing and memory, where the values do not matter)."""
-    prefix = "train" if split == "train" else "t10k"
-    images, labels = data_dir / f"{prefix}-images-idx3-ubyte.gz", data_dir / f"{prefix}-labels-idx1-ubyte.gz"
-    if not (images.exists() and labels.exists()):
+    try:
+        xs, ys = _load_split(split == "train", None if data_dir is None else str(data_dir))
+    except DataNotFoundError:
         if not allow_synthetic:
-            raise FileNotFoundError(f"no IDX files {images} / {labels}: pass --data-dir")
+            raise
         g = torch.Generator().manual_seed(offset)
         x = torch.rand(n, 1, 28, 28, generator=g, dtype=dtype)
         return x, torch.randint(0, 10, (n,), generator=g), "synthetic uniform noise"
-    xs, ys = _load_pair(images, labels)
     if offset + n > len(xs):
-        raise ValueError(f"asked for samples {offset}..{offset + n} but {images} holds {len(xs)}")
-    x = torch.from_numpy(xs[offset : offset + n].astype(np.float32) / 255.0).unsqueeze(1).to(dtype)
-    y = torch.from_numpy(ys[offset : offset + n].astype(np.int64))
-    return x, y, f"{data_dir.name}/{split}[{offset}:{offset + n}]"
+        raise ValueError(f"asked for samples {offset}..{offset + n} of the {split} split, which holds {len(xs)}")
+    return xs[offset : offset + n].to(dtype), ys[offset : offset + n], f"fashion_mnist/{split}[{offset}:{offset + n}]"

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_threads(args.threads)
     load_start = load_average()
-    x, y, source = load_batch(args.batch, offset=0, split="train", allow_synthetic=True)
+    x, y, source = load_batch(args.batch, offset=0, split="train", allow_synthetic=True, data_dir=args.data_dir)
     print(f"memory: 2C2FC hidden {args.hidden}, {args.pooling} pooling, batch {args.batch} ({source}), T2 "
           f"{args.t2}, T1 {args.t1}, one fresh process per config; load {load_start}")
     records: list[Record] = []
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                        "peak_bptt/ep": bp["peak_bytes"] / max(ep["peak_bytes"], 1)})
     print_table(ratios, ["T1", "saved_bptt/ep", "peak_bptt/ep"], title="BPTT / EP")
     write_json("memory", stamp(records, load_avg_start=load_start, load_avg_end=load_average(), data=source),
-               args.out)
+               args.out, args.quick)
     return 0
 
 

@@ -1,9 +1,11 @@
 """Learning curves of the recorded training runs: validation error per epoch, one panel per dataset.
 
-    python benchmarks/plot_training.py [--out docs/training_curves.png]
+    python benchmarks/plot_training.py [--out docs/training_curves.png] [--gradient-out docs/training_gradient.png]
 
 Reads ``benchmarks/results/training.json`` (written by ``benchmarks/training.py``); runs recorded without a
-``curve`` are left out. Each run's final test error is in its legend entry; the dotted line is the paper's.
+``curve`` are left out. Each run's final test error is in its legend entry; the dotted line is the paper's. The
+second figure shows, for the runs that measured it, the EP gradient's cosine to the run's BPTT reference along
+training and how far the free phase settled.
 """
 
 from __future__ import annotations
@@ -57,12 +59,48 @@ def plot(records: list[dict], out: Path) -> Path:
     return out
 
 
+def plot_gradient(records: list[dict], out: Path) -> Path | None:
+    """For the runs that measured it along training: the cosine of the EP gradient to the run's BPTT reference
+    (see ``benchmarks/training.py``) on a fixed held-out batch, and the free phase's largest last-step state change
+    on the validation set."""
+    runs = [r for r in records if any("alignment_cos_all" in p for p in r.get("curve", []))]
+    if not runs:
+        return None
+    fig, (ax_cos, ax_change) = plt.subplots(1, 2, figsize=(13, 4.2))
+    for record in runs:
+        points = [p for p in record["curve"] if "alignment_cos_all" in p]
+        name = f"{TITLES[record['dataset']]}: {label(record)}"
+        ax_cos.plot([p["epoch"] for p in points], [p["alignment_cos_all"] for p in points], marker="o",
+                    markersize=3, label=f"{name} (all parameters)")
+        ax_cos.plot([p["epoch"] for p in points], [p["alignment_cos_min"] for p in points], linestyle="--",
+                    label="  worst parameter tensor")
+        ax_change.plot([p["epoch"] for p in record["curve"]], [p["val_change_free"] for p in record["curve"]],
+                       marker="o", markersize=3, label=name)
+    ax_cos.set(xlabel="epoch", ylabel="cos(EP, BPTT reference)", ylim=(-0.5, 1.02),
+               title="EP gradient against the run's BPTT reference (64 held-out images)")
+    ax_cos.axhline(0.0, color="grey", linewidth=0.8)
+    ax_change.set(xlabel="epoch", ylabel="largest state change in the last free step", yscale="log",
+                  title="how far the free phase settled (validation)")
+    for ax in (ax_cos, ax_change):
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "training.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "training_curves.png")
+    parser.add_argument("--gradient-out", type=Path, default=ROOT / "docs" / "training_gradient.png")
     args = parser.parse_args()
-    print(f"wrote {plot(json.loads(args.results.read_text()), args.out)}")
+    records = json.loads(args.results.read_text())
+    print(f"wrote {plot(records, args.out)}")
+    written = plot_gradient(records, args.gradient_out)
+    print(f"wrote {written}" if written else "no run measured its gradient along training: no gradient plot")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,18 @@
 
     python benchmarks/training.py fmnist --config recipes/configs/fmnist_paper.yaml [any recipe flags]
     python benchmarks/training.py mnist --config recipes/configs/mnist_paper.yaml --trainer.max_time 00:02:00:00
+    python benchmarks/training.py fmnist --record /tmp/trial.json --data.train_subset 640   # elsewhere than results/
 
 Each record: dataset, method ("ep"/"bptt"), spiking, pooling, epochs (trained, fractional), test_error (a fraction),
 wall_s (fit + test), hardware, command, complete (all configured epochs ran, not cut by max_time/max_steps or
 a train subset), plus the settings that matter (threshold, hidden, t1, t2, beta, batch_size, train_samples) and
-``curve``: one point per validation (fractional epoch, val_acc, val_loss, free-phase state change), printed as it grows.
+``curve``: one point per validation (see ``CurveRecorder``), printed as it grows. EP runs measure the cosine between
+the EP and the BPTT gradient every ``ALIGNMENT_EVERY`` steps on a fixed batch of validation images; the BPTT
+gradient goes through ``ALIGNMENT_BPTT_T1`` free steps of the network without spikes, where it has settled: the
+gradient the EP estimate aims at. (Through the module's own T1, unsettled, BPTT's gradient is a different and
+unstable one; through the spikes, the straight-through gradient grows without bound at a spiking fixed point.)
+Records made before this choice (the first paper-config FashionMNIST run) used the spiking network through 100
+steps.
 """
 
 from __future__ import annotations
@@ -23,9 +30,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import RESULTS_DIR, hardware  # noqa: E402
 from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 
+from lightning_ep.callbacks import GradientAlignment  # noqa: E402
 from lightning_ep.cli import build_cli, fit_and_test  # noqa: E402
 from lightning_ep.data import FashionMNISTDataModule, MNISTDataModule  # noqa: E402
 
+ALIGNMENT_EVERY = 430  # optimizer steps between two EP-vs-BPTT measurements (twice an epoch at batch 64)
+ALIGNMENT_SAMPLES = 64  # validation images in the fixed batch they are measured on
+ALIGNMENT_BPTT_T1 = 200  # BPTT through 200 free steps of the network without spikes: the gradient at its settled
+# fixed point (the spiking network's straight-through BPTT gradient grows without bound at a spiking fixed point)
 DATASETS = {"fmnist": (FashionMNISTDataModule, "fmnist_demo.yaml"), "mnist": (MNISTDataModule, "mnist_demo.yaml")}
 
 
@@ -35,24 +47,49 @@ def epochs_trained(trainer: Trainer) -> float:
 
 
 class CurveRecorder(Callback):
-    """Keeps one point per validation run: the learning curve stored with the record."""
+    """Keeps one point per validation run: the learning curve stored with the record. Each point: the fractional
+    epoch, wall seconds, the validation metrics (accuracy, loss, the free phase's last state change, its steps and
+    the spike rate per layer), the training phases since the last point (mean steps actually run per phase, mean
+    last state change of the free phase) and, with a ``GradientAlignment`` callback, its latest EP-vs-BPTT cosine."""
 
-    def __init__(self) -> None:
+    def __init__(self, alignment: GradientAlignment | None = None) -> None:
         self.points: list[dict[str, float]] = []
         self.start = time.perf_counter()
+        self.alignment = alignment
+        self._train: dict[str, float] = {}
+        self._batches = 0
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: object,
+                           batch_idx: int) -> None:
+        result = getattr(pl_module, "last_result", None)
+        if result is None:
+            return
+        self._batches += 1
+        for name, phase in result.phases.items():
+            self._train[f"train_steps_{name}"] = self._train.get(f"train_steps_{name}", 0.0) + phase.steps
+        free = result.phases["free"]
+        for key, value in (("train_change_free", free.last_change), ("train_mean_change_free", free.mean_change)):
+            self._train[key] = self._train.get(key, 0.0) + value
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
-        point = {"epoch": round(epochs_trained(trainer), 3),
-                 "wall_s": round(time.perf_counter() - self.start, 1)}
-        for key in ("val/acc", "val/loss", "val/change_free"):
-            if key in metrics:
-                point[key.replace("/", "_")] = round(float(metrics[key]), 6)
+        point: dict[str, float] = {"epoch": round(epochs_trained(trainer), 3),
+                                   "wall_s": round(time.perf_counter() - self.start, 1)}
+        for key, value in metrics.items():
+            if key.startswith("val/"):
+                point[key.replace("/", "_")] = round(float(value), 6)
+        for key, total in self._train.items():
+            point[key] = round(total / max(1, self._batches), 4)
+        self._train, self._batches = {}, 0
+        if self.alignment is not None and self.alignment.steps:
+            point["alignment_step"] = self.alignment.steps[-1]
+            point["alignment_cos_all"] = round(self.alignment.all_cosines[-1], 4)
+            point["alignment_cos_min"] = round(min(v[-1][0] for v in self.alignment.history.values()), 4)
         self.points.append(point)
         print(f"curve: {json.dumps(point)}", flush=True)
 
@@ -60,10 +97,21 @@ class CurveRecorder(Callback):
 def main(argv: list[str]) -> dict:
     if not argv or argv[0] not in DATASETS:
         raise SystemExit(f"usage: python benchmarks/training.py {{{'|'.join(DATASETS)}}} [recipe flags]")
-    name, args = argv[0], argv[1:]
+    name, args = argv[0], list(argv[1:])
+    path = RESULTS_DIR / "training.json"
+    if "--record" in args:  # another file than the results (trial runs)
+        i = args.index("--record")
+        path = Path(args[i + 1])
+        del args[i : i + 2]
     datamodule_class, default_config = DATASETS[name]
     cli = build_cli(datamodule_class, ROOT / "recipes" / "configs" / default_config, f"lightning_ep-{name}", args)
-    curve = CurveRecorder()
+    alignment = None
+    if cli.model.hparams.method == "ep":
+        # the EP-vs-BPTT cosine along training, on a fixed batch of validation images
+        alignment = GradientAlignment(every_n_steps=ALIGNMENT_EVERY, bptt_t1=ALIGNMENT_BPTT_T1,
+                                      held_out=ALIGNMENT_SAMPLES, plot=False, bptt_spiking=False)
+        cli.trainer.callbacks.append(alignment)
+    curve = CurveRecorder(alignment)
     cli.trainer.callbacks.append(curve)
     start = time.perf_counter()
     metrics = fit_and_test(cli)
@@ -78,13 +126,17 @@ def main(argv: list[str]) -> dict:
         "test_error": round(1.0 - float(metrics["test/acc"]), 6), "wall_s": round(wall, 1), "hardware": hardware(),
         "command": shlex.join(["python", "benchmarks/training.py", *argv]), "complete": bool(complete),
         "threshold": hp.threshold, "hidden": list(hp.hidden), "channels": list(hp.channels), "t1": hp.t1,
-        "t2": hp.t2, "beta": hp.beta, "batch_size": data.hparams.batch_size,
+        "t2": hp.t2, "beta": hp.beta, "loss": hp.loss, "start": hp.start, "omega": hp.omega, "tol": hp.tol,
+        "lr": hp.lr,
+        "batch_size": data.hparams.batch_size,
         "train_samples": len(data.train_set) if data.train_set is not None else None,
         "max_epochs": trainer.max_epochs, "global_steps": trainer.global_step,
+        # spikes per neuron per step of the free phase on the test set, per layer (spiking runs)
+        "test_spike_rates": [round(float(metrics[k]), 4) for k in sorted(metrics) if k.startswith("test/spike_rate")],
+        "test_change_free": round(float(metrics["test/change_free"]), 6) if "test/change_free" in metrics else None,
         "curve": curve.points,
     }
     if trainer.is_global_zero:
-        path = RESULTS_DIR / "training.json"
         records = json.loads(path.read_text()) if path.exists() else []
         records.append(record)
         path.write_text(json.dumps(records, indent=2) + "\n")

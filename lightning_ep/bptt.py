@@ -8,7 +8,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_ep.dynamics import DivergenceError, NetworkState, Relaxation, UpdateOrder, input_drive, relax
+from lightning_ep.dynamics import (
+    DivergenceError,
+    NetworkState,
+    Relaxation,
+    StartKind,
+    UpdateOrder,
+    input_drive,
+    relax,
+    start_state,
+)
 from lightning_ep.network import ConvergentNetwork
 
 
@@ -27,13 +36,16 @@ def bptt_loss(
     y: Tensor,
     t1: int = 60,
     update: UpdateOrder = "async",
-    init: NetworkState | None = None,
+    init: NetworkState | StartKind | None = None,
+    omega: float = 1.0,
 ) -> BPTTResult:
-    """Mean loss after ``t1`` free steps, with the autograd graph through all of them."""
+    """Mean loss after ``t1`` free steps from ``init`` (as in :func:`~lightning_ep.ep.free_phase`), with the autograd
+    graph through all of them (and through the feed-forward sweep of ``init='feedforward'``)."""
     net.check_input(x, y)
     if not isinstance(t1, int) or t1 < 1:
         raise ValueError(f"t1 (number of dynamics steps) must be an integer >= 1, got {t1!r}")
-    free = relax(net, input_drive(net, x), init or NetworkState.zeros(net, x.shape[0]), t1, update=update)
+    x_drive = input_drive(net, x)
+    free = relax(net, x_drive, start_state(net, x_drive, init)[0], t1, update=update, omega=omega)
     logits = net.logits(free.state.s)
     loss = net.loss(free.state.s, y).mean()
     if not torch.isfinite(loss):

@@ -20,6 +20,8 @@ from torch import Tensor
 from lightning_ep.network import ConvergentNetwork
 
 UpdateOrder = Literal["async", "sync"]
+StartKind = Literal["zeros", "feedforward"]
+START_KINDS = ("zeros", "feedforward")
 
 
 class DivergenceError(RuntimeError):
@@ -44,13 +46,15 @@ class NetworkState:
 
 @dataclass
 class Relaxation:
-    """The end of a phase: the state, the steps run, the last step's largest state change and the spikes sent
-    per layer (summed over the batch and the steps; zeros when not spiking)."""
+    """The end of a phase: the state, the steps run, the last step's largest state change, the spikes sent per
+    layer (summed over the batch and the steps; zeros when not spiking) and the last step's mean absolute state
+    change over all neurons of the batch (the largest is set by a few slow neurons; this says how many move)."""
 
     state: NetworkState
     steps: int
     last_change: float
     spikes: list[Tensor] = field(default_factory=list)
+    mean_change: float = float("nan")
 
 
 class _IndexCache:
@@ -78,6 +82,35 @@ class _IndexCache:
 def input_drive(net: ConvergentNetwork, x: Tensor) -> Tensor:
     """The first layer's drive from the input: fixed during all phases, so computed once a batch."""
     return net.blocks[0].forward_drive(x)[0]
+
+
+def feedforward_state(net: ConvergentNetwork, x_drive: Tensor) -> NetworkState:
+    """One bottom-up sweep, each layer set to ``clamp(forward drive from the layer below)`` with no feedback:
+    a warm start for the free phase that costs about one dynamics step (its spikes are sent from zero)."""
+    s: list[Tensor] = []
+    r: list[Tensor] = []
+    for i, block in enumerate(net.blocks):
+        d = x_drive if i == 0 else block.forward_drive(r[i - 1])[0]
+        s.append(d.clamp(0.0, 1.0))
+        r.append(block.neuron(s[i], None)[0])
+    return NetworkState(s, r)
+
+
+def start_state(
+    net: ConvergentNetwork, x_drive: Tensor, init: NetworkState | StartKind | None
+) -> tuple[NetworkState, list[Tensor]]:
+    """The state a free phase starts from (``None`` means ``'zeros'``) and the spikes sent to reach it (the
+    feed-forward sweep sends each layer's reconstruction from zero; zeros otherwise)."""
+    if isinstance(init, NetworkState):
+        return init, [x_drive.new_zeros(()) for _ in net.blocks]
+    if init is None or init == "zeros":
+        return NetworkState.zeros(net, x_drive.shape[0]), [x_drive.new_zeros(()) for _ in net.blocks]
+    if init == "feedforward":
+        state = feedforward_state(net, x_drive)
+        theta = net.threshold
+        sent = [(r.detach().abs().sum() / theta) if theta > 0 else x_drive.new_zeros(()) for r in state.r]
+        return state, sent
+    raise ValueError(f"unknown initial state {init!r}: use one of {START_KINDS} or a NetworkState")
 
 
 def _forward_drive(net: ConvergentNetwork, i: int, x_drive: Tensor, r: list[Tensor], cache: _IndexCache) -> Tensor:
@@ -121,48 +154,66 @@ def relax(
     y: Tensor | None = None,
     update: UpdateOrder = "async",
     tol: float | None = None,
+    omega: float = 1.0,
 ) -> Relaxation:
     """Run up to ``steps`` steps of the explicit dynamics from ``state``; stops early once the largest state
-    change of a step is ``<= tol`` (when given). Differentiable (BPTT) when run with autograd enabled."""
+    change of a step is ``<= tol`` (when given). ``omega`` is the relaxation factor: each update moves a layer to
+    ``clamp(s + omega (d - s))`` for its drive ``d`` (1: ``clamp(d)``; in (1, 2): over-relaxation, which can
+    settle in fewer steps where layers are strongly coupled). Every omega has the same fixed points; where the
+    energy has several, which one is reached may differ.
+    Differentiable (BPTT) when run with autograd enabled."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if update not in ("async", "sync"):
         raise ValueError(f"unknown update order {update!r}: use 'async' or 'sync'")
     if beta != 0.0 and y is None:
         raise ValueError("a nudged phase (beta != 0) needs the labels y")
+    if not 0.0 < omega < 2.0:
+        raise ValueError(f"omega (the relaxation factor) must lie in (0, 2), got {omega}")
     n = len(state.s)
     y1h = F.one_hot(y, net.num_classes).to(x_drive.dtype) if beta != 0.0 else x_drive
     groups = [list(range(0, n, 2)), list(range(1, n, 2))] if update == "async" else [list(range(n))]
     s, r = list(state.s), list(state.r)
     spikes = [torch.zeros((), device=x_drive.device, dtype=x_drive.dtype) for _ in range(n)]
     cache = _IndexCache(n)
-    change, t = float("inf"), 0
+    in_place = not torch.is_grad_enabled()  # without autograd, fresh tensors may be updated in place
+    change, mean_change, t = float("inf"), float("inf"), 0
     for t in range(1, steps + 1):
         measure = tol is not None or t == steps
         step_change = x_drive.new_zeros(()) if measure else None
+        total_change = x_drive.new_zeros(()) if measure else None
         for group in groups:
             # All forward drives first: they hold the max-pooling indices the feedbacks need (sync updates).
             forward = {i: _forward_drive(net, i, x_drive, r, cache) for i in group}
             new = {}
             for i in group:
                 fb = _feedback(net, i, r, cache)
-                d = forward[i] if fb is None else forward[i] + fb
+                if fb is None:
+                    d = forward[i]
+                elif in_place:
+                    d = fb.add_(forward[i])  # fb is a fresh tensor; forward[0] is the input drive, kept intact
+                else:
+                    d = forward[i] + fb
                 if i == n - 1 and beta != 0.0:
                     d = _nudged(net, d, s[i], beta, y1h, exact=update == "async")
-                new[i] = d.clamp(0.0, 1.0)
+                if omega != 1.0:
+                    d = torch.lerp(s[i], d, omega)
+                new[i] = d.clamp_(0.0, 1.0) if in_place and d is not x_drive else d.clamp(0.0, 1.0)
             for i, s_new in new.items():
                 if measure:
-                    step_change = torch.maximum(step_change, (s_new - s[i]).detach().abs().max())
+                    delta = (s_new.detach() - s[i].detach()).abs_()
+                    step_change = torch.maximum(step_change, delta.max())
+                    total_change = total_change + delta.sum()
                 s[i] = s_new
                 r[i], sent = net.blocks[i].neuron(s_new, r[i])
                 if sent is not None:
-                    spikes[i] = spikes[i] + sent.detach().abs().sum()
+                    spikes[i] = spikes[i] + torch.linalg.vector_norm(sent.detach(), 1)
         if measure:
-            change = float(step_change)
+            change, mean_change = float(step_change), float(total_change) / sum(t_.numel() for t_ in s)
             if tol is not None and change <= tol:
                 break
     _check_finite(s, change)
-    return Relaxation(NetworkState(s, r), t, change, spikes)
+    return Relaxation(NetworkState(s, r), t, change, spikes, mean_change)
 
 
 def relax_autograd(
@@ -180,7 +231,7 @@ def relax_autograd(
     s, r = list(state.s), list(state.r)
     n = len(s)
     spikes = [torch.zeros((), device=x.device, dtype=x.dtype) for _ in range(n)]
-    change = float("inf")
+    change = mean_change = float("inf")
     for t in range(1, steps + 1):
         with torch.enable_grad():
             r_leaf = [t_.detach().requires_grad_() for t_ in r]
@@ -196,13 +247,15 @@ def relax_autograd(
         new_s = [d.clamp(0.0, 1.0) for d in drives]
         if t == steps:
             change = max(float((a - b).abs().max()) for a, b in zip(new_s, s, strict=True))
+            mean_change = sum(float((a - b).abs().sum()) for a, b in zip(new_s, s, strict=True)) / sum(
+                a.numel() for a in new_s)
         s = new_s
         for i in range(n):
             r[i], sent = net.blocks[i].neuron(s[i], r[i])
             if sent is not None:
                 spikes[i] = spikes[i] + sent.abs().sum()
     _check_finite(s, change)
-    return Relaxation(NetworkState(s, r), steps, change, spikes)
+    return Relaxation(NetworkState(s, r), steps, change, spikes, mean_change)
 
 
 def _check_finite(s: list[Tensor], change: float) -> None:

@@ -1,7 +1,7 @@
 """Equilibrium Propagation: a free phase, nudged phases at +beta and -beta, and a surrogate loss whose parameter
 gradient is the EP estimate. The whole algorithm is in this file.
 
-    free:    s0  = relax(F(., beta=0))        T1 steps from zero (or a warm start)
+    free:    s0  = relax(F(., beta=0))        T1 steps from zero or from a feed-forward sweep (a warm start)
     nudge:   s+  = relax(F(., +beta))          T2 steps from s0
              s-  = relax(F(., -beta))          T2 steps from s0
     update:  dL/dtheta ~ (dF(s+, +beta)/dtheta - dF(s-, -beta)/dtheta) / (2 beta)
@@ -24,10 +24,12 @@ from lightning_ep.dynamics import (
     DivergenceError,
     NetworkState,
     Relaxation,
+    StartKind,
     UpdateOrder,
     input_drive,
     relax,
     relax_autograd,
+    start_state,
 )
 from lightning_ep.network import ConvergentNetwork
 
@@ -67,12 +69,13 @@ def free_phase(
     update: UpdateOrder = "async",
     dynamics: Dynamics = "explicit",
     tol: float | None = None,
-    init: NetworkState | None = None,
+    init: NetworkState | StartKind | None = None,
+    omega: float = 1.0,
 ) -> Relaxation:
-    """Relax with ``beta = 0`` from ``init`` (zeros by default); no autograd graph is kept."""
+    """Relax with ``beta = 0`` from ``init`` (a state, ``'zeros'`` (default) or ``'feedforward'``); no autograd
+    graph is kept. ``omega``: the relaxation factor of :func:`~lightning_ep.dynamics.relax`."""
     with torch.no_grad():
-        state = init if init is not None else NetworkState.zeros(net, x.shape[0])
-        return _relax(net, x, input_drive(net, x), state, t1, 0.0, None, update, dynamics, tol)
+        return _free(net, x, input_drive(net, x), init, t1, update, dynamics, tol, omega)
 
 
 def equilibrium_propagation(
@@ -87,20 +90,20 @@ def equilibrium_propagation(
     dynamics: Dynamics = "explicit",
     tol: float | None = None,
     generator: torch.Generator | None = None,
-    init: NetworkState | None = None,
+    init: NetworkState | StartKind | None = None,
+    omega: float = 1.0,
 ) -> EPResult:
     """Run the EP phases on a batch and return the surrogate whose parameter gradient is the EP estimate."""
     check_ep_args(net, beta, t1, t2, estimator)
     net.check_input(x, y)
     if dynamics not in ("explicit", "autograd"):
         raise ValueError(f"unknown dynamics {dynamics!r}: use 'explicit' or 'autograd'")
-    if dynamics == "autograd" and update != "sync":
-        raise ValueError("autograd dynamics are the synchronous reference: use update='sync' with them")
+    if dynamics == "autograd" and (update != "sync" or omega != 1.0):
+        raise ValueError("autograd dynamics are the synchronous reference: use update='sync' and omega=1 with them")
     phases: dict[str, Relaxation] = {}
     with torch.no_grad():
         x_drive = input_drive(net, x)
-        phases["free"] = free = _relax(net, x, x_drive, init or NetworkState.zeros(net, x.shape[0]), t1, 0.0, y,
-                                       update, dynamics, tol)
+        phases["free"] = free = _free(net, x, x_drive, init, t1, update, dynamics, tol, omega)
         if estimator == "random_sign":
             sign = 1.0 if torch.rand((), generator=generator) < 0.5 else -1.0
             betas = (sign * beta,)
@@ -108,7 +111,7 @@ def equilibrium_propagation(
             betas = (beta, -beta) if estimator == "symmetric" else (beta,)
         for b in betas:
             phases["positive" if b > 0 else "negative"] = _relax(net, x, x_drive, free.state, t2, b, y, update,
-                                                                 dynamics, tol)
+                                                                 dynamics, tol, omega)
     if estimator == "symmetric":
         hi, lo, b_hi, b_lo = phases["positive"].state, phases["negative"].state, beta, -beta
     else:
@@ -128,6 +131,24 @@ def equilibrium_propagation(
     return EPResult(surrogate, logits, loss, phases, free.state)
 
 
+def _free(
+    net: ConvergentNetwork,
+    x: Tensor,
+    x_drive: Tensor,
+    init: NetworkState | StartKind | None,
+    steps: int,
+    update: UpdateOrder,
+    dynamics: Dynamics,
+    tol: float | None,
+    omega: float,
+) -> Relaxation:
+    """The free phase from ``init``; the spikes sent to reach the start state count as the phase's."""
+    state, sent = start_state(net, x_drive, init)
+    free = _relax(net, x, x_drive, state, steps, 0.0, None, update, dynamics, tol, omega)
+    free.spikes = [a + b for a, b in zip(free.spikes, sent, strict=True)]
+    return free
+
+
 def _relax(
     net: ConvergentNetwork,
     x: Tensor,
@@ -139,7 +160,8 @@ def _relax(
     update: UpdateOrder,
     dynamics: Dynamics,
     tol: float | None,
+    omega: float,
 ) -> Relaxation:
     if dynamics == "autograd":
         return relax_autograd(net, x, state, steps, beta, y)
-    return relax(net, x_drive, state, steps, beta, y, update, tol)
+    return relax(net, x_drive, state, steps, beta, y, update, tol, omega)

@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ep.bptt import bptt_loss
-from lightning_ep.dynamics import Relaxation
+from lightning_ep.dynamics import START_KINDS, Relaxation
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
 
@@ -29,7 +29,9 @@ class EPLightningModule(LightningModule):
     Network: ``channels``/``kernel_size``/``padding``/``pooling`` per conv layer, ``hidden`` dense widths, then
     ``num_classes`` outputs (``loss='mse'``: an output layer nudged to one-hot; ``'ce'``: a linear read-out).
     Training: ``method`` 'ep' (phases of ``t1``/``t2`` steps, ``beta``, ``estimator``) or 'bptt' (through the
-    ``t1`` free steps of the same dynamics). ``eval_t1`` free steps for validation/test (default ``t1``).
+    ``t1`` free steps of the same dynamics). ``eval_t1`` free steps for validation/test (default ``t1``). Every free
+    phase starts from ``start``: zeros, or a feed-forward sweep (``'feedforward'``). ``omega``: the relaxation factor
+    of every update (1: plain block-coordinate descent; in (1, 2): over-relaxation).
     ``layer_lrs`` gives one learning rate per block (input side first; the read-out last with 'ce').
     """
 
@@ -54,6 +56,8 @@ class EPLightningModule(LightningModule):
         update: Literal["async", "sync"] = "async",
         dynamics: Literal["explicit", "autograd"] = "explicit",
         tol: float | None = None,
+        start: Literal["zeros", "feedforward"] = "zeros",
+        omega: float = 1.0,
         optimizer: Literal["adam", "sgd"] = "adam",
         lr: float = 1e-3,
         layer_lrs: Sequence[float] | None = None,
@@ -72,6 +76,10 @@ class EPLightningModule(LightningModule):
         if method not in ("ep", "bptt"):
             raise ValueError(f"unknown method {method!r}: use 'ep' or 'bptt'")
         check_ep_args(self.net, beta, t1, t2, estimator)
+        if not 0.0 < omega < 2.0:
+            raise ValueError(f"omega (the relaxation factor) must lie in (0, 2), got {omega}")
+        if start not in START_KINDS:
+            raise ValueError(f"unknown start {start!r}: use one of {START_KINDS}")
         if eval_t1 is not None and eval_t1 < 1:
             raise ValueError(f"eval_t1 must be >= 1 or None, got {eval_t1}")
         if optimizer not in ("adam", "sgd") or scheduler not in ("cosine", "none"):
@@ -131,17 +139,24 @@ class EPLightningModule(LightningModule):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def run_ep(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> EPResult:
+        """The EP phases on a batch with this module's settings (``generator``: for the random-sign estimator,
+        default the module's own)."""
+        hp = self.hparams
+        return equilibrium_propagation(
+            self.net, x, y, hp.beta, hp.t1, hp.t2, hp.estimator, hp["update"], hp.dynamics, hp.tol,
+            generator or self.generator, hp.start, hp.omega,
+        )
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         hp = self.hparams
         if hp.method == "ep":
-            res = equilibrium_propagation(
-                self.net, x, y, hp.beta, hp.t1, hp.t2, hp.estimator, hp["update"], hp.dynamics, hp.tol, self.generator
-            )
+            res = self.run_ep(x, y)
             self.last_result = res
             objective, logits, loss, phases = res.surrogate, res.logits, res.loss, res.phases
         else:
-            out = bptt_loss(self.net, x, y, hp.t1, hp["update"])
+            out = bptt_loss(self.net, x, y, hp.t1, hp["update"], hp.start, hp.omega)
             objective, logits, loss, phases = out.loss, out.logits.detach(), out.loss.detach(), {"free": out.free}
         opt = self.optimizers()
         opt.zero_grad()
@@ -166,7 +181,7 @@ class EPLightningModule(LightningModule):
 
     def _free(self, x: Tensor) -> Relaxation:
         hp = self.hparams
-        return free_phase(self.net, x, hp.eval_t1 or hp.t1, hp["update"], "explicit", hp.tol)
+        return free_phase(self.net, x, hp.eval_t1 or hp.t1, hp["update"], "explicit", hp.tol, hp.start, hp.omega)
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> Tensor:
         x, y = batch
@@ -191,12 +206,14 @@ class EPLightningModule(LightningModule):
 
     # -- logging and checkpoints ----------------------------------------------------------------------------
     def _log_phases(self, stage: str, phases: dict[str, Relaxation], batch: int) -> None:
-        """How far each phase converged (its last state change), its steps, and the spike rate per layer
-        (spikes per neuron per step, in the free phase)."""
+        """How far each phase converged (its last step's largest and mean state change), its steps, and the spike
+        rate per layer (spikes per neuron per step, in the free phase)."""
         on_step = stage == "train"
         for name, phase in phases.items():
             self.log(f"{stage}/change_{name}", phase.last_change, on_step=on_step, on_epoch=True, sync_dist=True,
                      batch_size=batch)
+            self.log(f"{stage}/mean_change_{name}", phase.mean_change, on_step=on_step, on_epoch=True,
+                     sync_dist=True, batch_size=batch)
             if self.hparams.tol is not None:
                 self.log(f"{stage}/steps_{name}", float(phase.steps), on_step=on_step, on_epoch=True, sync_dist=True,
                          batch_size=batch)

@@ -364,3 +364,63 @@ def test_alignment_cosine_ddp(tmp_path):
     # activation statistics are summed over the ranks: the first conv's input is the global batch
     assert logged[0]["activations/conv1/x_forward_mean"] == pytest.approx(float(x.mean()), rel=1e-9)
     assert logged[0]["activations/conv1/x_forward_std"] == pytest.approx(float(x.std()), rel=1e-9)
+
+
+def test_alignment_on_a_held_out_batch(tmp_path):
+    """``held_out=n``: both gradients on the first n validation samples, the same batch at every measurement,
+    without touching the training step's gradient (training goes exactly as without the callback)."""
+    x, y = dataset()
+    vx, vy = dataset(12)[0] * 0.5, dataset(12)[1].flip(0)  # validation data that is not the training data
+    alignment = GradientAlignment(every_n_steps=2, plot=False, held_out=8)
+    trained = make_module(**ALIGNED)
+    plain = make_module(**ALIGNED)
+    for module, callbacks in ((trained, [alignment]), (plain, [])):
+        trainer = pl.Trainer(max_steps=3, logger=False, callbacks=callbacks, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
+                             precision="64-true", limit_val_batches=0, default_root_dir=tmp_path)
+        trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=BATCH),
+                    DataLoader(TensorDataset(vx, vy), batch_size=5))
+    for a, b in zip(trained.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert alignment.steps == [0, 2]
+    # step 0 is measured before the first update: the initial weights, on validation samples 0..7
+    module = make_module(**ALIGNED).double()
+    params = list(module.net.parameters())
+    hx, hy = vx[:8].double(), vy[:8]
+    ep = torch.autograd.grad(equilibrium_propagation(module.net, hx, hy, **ALIGNED).surrogate, params)
+    bptt = bptt_gradients(module.net, hx, hy, params, ALIGNED["t1"], "async")
+    cos, _ = cosine_and_norm_ratio(torch.cat([g.flatten() for g in ep]), torch.cat([g.flatten() for g in bptt]))
+    assert alignment.all_cosines[0] == pytest.approx(cos, abs=1e-9)
+    assert cos >= 0.99
+
+
+def test_alignment_held_out_needs_enough_validation_data(tmp_path):
+    x, y = dataset()
+    trainer = pl.Trainer(max_steps=1, logger=False, callbacks=[GradientAlignment(held_out=50)],
+                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                         accelerator="cpu", default_root_dir=tmp_path)
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH)
+    with pytest.raises(ValueError, match="needs 50 validation samples"):
+        trainer.fit(make_module(), loader, loader)
+    with pytest.raises(ValueError, match="held_out"):
+        GradientAlignment(held_out=0)
+
+
+def test_alignment_against_the_network_without_spikes(tmp_path):
+    """``bptt_spiking=False``: the BPTT reference is the same network at threshold 0; the module keeps its own."""
+    x, y = dataset()
+    alignment = GradientAlignment(every_n_steps=5, plot=False, held_out=8, bptt_spiking=False)
+    module = make_module(**ALIGNED, threshold=0.01)
+    trainer = pl.Trainer(max_steps=1, logger=False, callbacks=[alignment], enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
+                         precision="64-true", limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=BATCH), DataLoader(TensorDataset(x, y)))
+    assert module.net.threshold == 0.01
+    fresh = make_module(**ALIGNED, threshold=0.01).double()
+    params = list(fresh.net.parameters())
+    hx, hy = x[:8].double(), y[:8]
+    ep = torch.autograd.grad(equilibrium_propagation(fresh.net, hx, hy, **ALIGNED).surrogate, params)
+    fresh.net.threshold = 0.0
+    bptt = bptt_gradients(fresh.net, hx, hy, params, ALIGNED["t1"], "async")
+    cos, _ = cosine_and_norm_ratio(torch.cat([g.flatten() for g in ep]), torch.cat([g.flatten() for g in bptt]))
+    assert alignment.all_cosines[0] == pytest.approx(cos, abs=1e-9)

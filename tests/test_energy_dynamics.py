@@ -267,3 +267,29 @@ def test_folded_weight_memo_follows_weight_updates():
     assert block.conv.weight.grad is not None and block.conv.weight.grad.abs().sum() > 0
     clone = pickle.loads(pickle.dumps(block))
     assert copy.deepcopy(block) is not None and clone._pooled_weight is None
+
+
+@pytest.mark.parametrize("omega", [0.7, 1.4])
+def test_relaxation_factor_keeps_the_fixed_point(omega):
+    net = make_net("avg", "mse")
+    x, _, _ = random_batch(net, batch=4)
+    with torch.no_grad():
+        plain = relax(net, input_drive(net, x), NetworkState.zeros(net, 4), 400, tol=1e-12)
+        over = relax(net, input_drive(net, x), NetworkState.zeros(net, 4), 400, tol=1e-12, omega=omega)
+    assert plain.last_change <= 1e-12 and over.last_change <= 1e-12
+    for a, b in zip(plain.state.s, over.state.s, strict=True):
+        assert (a - b).abs().max().item() < 1e-9
+    with pytest.raises(ValueError, match="omega"):
+        relax(net, input_drive(net, x), NetworkState.zeros(net, 4), 5, omega=2.0)
+
+
+def test_relaxation_reports_the_mean_change_of_its_last_step():
+    net = make_net("avg", "mse", scale=2.0)
+    x, _, _ = random_batch(net, batch=4)
+    with torch.no_grad():
+        start = relax(net, input_drive(net, x), NetworkState.zeros(net, 4), 3).state
+        last = relax(net, input_drive(net, x), start, 1)
+    deltas = [(a - b).abs() for a, b in zip(last.state.s, start.s, strict=True)]
+    assert last.last_change == pytest.approx(max(float(d.max()) for d in deltas))
+    assert last.mean_change == pytest.approx(sum(float(d.sum()) for d in deltas) / sum(d.numel() for d in deltas))
+    assert 0.0 < last.mean_change < last.last_change

@@ -187,3 +187,20 @@ def test_network_threshold_setter_switches_every_layer():
         net.threshold = 0
         assert not net.spiking
         assert all(b.neuron.threshold == 0.0 and not b.neuron.spiking for b in net.blocks)
+
+
+@pytest.mark.parametrize("start", ["none", "zeros", "random"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_grad_path_sends_the_same_spikes(start, dtype):
+    # the phases run without autograd take a fused path: it must send exactly what the autograd path sends
+    g = torch.Generator().manual_seed(0)
+    neuron = SigmaDelta(0.01)
+    s = torch.rand(4, 50, generator=g).to(dtype)
+    r0 = {"none": None, "zeros": torch.zeros_like(s), "random": torch.rand(4, 50, generator=g).to(dtype)}[start]
+    with torch.no_grad():
+        r_fast, q_fast = neuron(s, r0)
+    with torch.enable_grad():
+        r_slow, q_slow = neuron(s.clone().requires_grad_(), r0)
+    assert torch.equal(q_fast, q_slow.detach())
+    assert torch.allclose(r_fast, r_slow.detach(), rtol=0, atol=4 * torch.finfo(dtype).eps)
+    assert s.dtype == r_fast.dtype == dtype

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from lightning_ep.bptt import bptt_loss
 from lightning_ep.callbacks._checks import check_ep_module, check_every_n_steps, check_t1
 from lightning_ep.callbacks._logging import log_figure, log_scalars, log_table, new_figure
-from lightning_ep.dynamics import UpdateOrder
+from lightning_ep.dynamics import StartKind, UpdateOrder
 from lightning_ep.network import ConvergentNetwork
 
 
@@ -30,14 +30,56 @@ def cosine_and_norm_ratio(ep: Tensor, bptt: Tensor) -> tuple[float, float]:
 
 
 def bptt_gradients(
-    net: ConvergentNetwork, x: Tensor, y: Tensor, params: Sequence[nn.Parameter], t1: int, update: UpdateOrder
+    net: ConvergentNetwork,
+    x: Tensor,
+    y: Tensor,
+    params: Sequence[nn.Parameter],
+    t1: int,
+    update: UpdateOrder,
+    start: StartKind = "zeros",
+    omega: float = 1.0,
 ) -> list[Tensor]:
-    """The BPTT gradient of the mean loss after ``t1`` free steps, by ``torch.autograd.grad``: ``p.grad`` and any
-    DDP reducer hooks are left untouched. Parameters the loss does not reach get zeros."""
+    """The BPTT gradient of the mean loss after ``t1`` free steps from ``start`` (relaxation factor ``omega``), by
+    ``torch.autograd.grad``: ``p.grad`` and any DDP reducer hooks are left untouched. Parameters the loss does not
+    reach get zeros."""
     with torch.enable_grad():
-        loss = bptt_loss(net, x, y, t1, update).loss
-        grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+        loss = bptt_loss(net, x, y, t1, update, start, omega).loss
+        return _grads(loss, params)
+
+
+def _grads(objective: Tensor, params: Sequence[nn.Parameter]) -> list[Tensor]:
+    grads = torch.autograd.grad(objective, list(params), allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+
+
+def validation_loaders(trainer: pl.Trainer) -> Any:
+    """The validation dataloader(s) given to ``fit`` (directly, by the datamodule or by the module), also before
+    Lightning has loaded them itself (it does so lazily, at the first validation)."""
+    if trainer.val_dataloaders is not None:
+        return trainer.val_dataloaders
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source  # what fit() was given; Lightning has no public handle
+    if not source.is_defined():
+        raise ValueError("GradientAlignment(held_out=...) needs validation data: pass val_dataloaders to fit(), or "
+                         "a datamodule or module with val_dataloader()")
+    return source.dataloader()
+
+
+def first_batch(loader: Any, size: int) -> tuple[Tensor, Tensor]:
+    """The first ``size`` samples of a dataloader (or of the first of a list of them), as one batch."""
+    if isinstance(loader, list | tuple):
+        if not loader:
+            raise ValueError("GradientAlignment(held_out=...) needs validation data, and there is none")
+        loader = loader[0]
+    xs, ys, n = [], [], 0
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        n += len(y)
+        if n >= size:
+            break
+    if n < size:
+        raise ValueError(f"GradientAlignment(held_out={size}) needs {size} validation samples, the data has {n}")
+    return torch.cat(xs)[:size], torch.cat(ys)[:size]
 
 
 def alignment_figure(steps: Sequence[int], history: dict[str, list[tuple[float, float]]]) -> Figure:
@@ -69,8 +111,15 @@ class GradientAlignment(Callback):
 
     The EP gradient is ``p.grad`` right after ``manual_backward`` (``on_after_backward``: already averaged across
     DDP ranks, not yet clipped, unscaled if AMP scaled it). The BPTT gradient (``bptt_t1`` free steps, default the
-    module's ``t1``, the module's update order) is computed on each rank's batch with ``torch.autograd.grad`` and
-    averaged across ranks with ``trainer.strategy.reduce`` before the comparison. Other steps cost one integer test.
+    module's ``t1``, the module's update order and start) is computed on each rank's batch with
+    ``torch.autograd.grad`` and averaged across ranks with ``trainer.strategy.reduce`` before the comparison.
+    With ``held_out=n`` both gradients are taken instead on one fixed batch: the first ``n`` samples of the
+    validation data (never trained on; the same batch at every measurement, so the curve follows the network, not
+    the batches), EP by the module's own phases (``p.grad`` untouched; the random-sign estimator draws from a
+    generator of its own). With ``bptt_spiking=False`` the BPTT gradient is that of the same network without
+    spikes (threshold 0): at a spiking fixed point the straight-through BPTT gradient can grow without bound with
+    the steps (the quantised state stays put where the unquantised dynamics would move on), while the non-spiking
+    one at its settled state is the gradient the spiking EP estimate aims at. Other steps cost one integer test.
 
     Logged scalars (step = the optimizer step being taken): ``alignment/cos/<param>``,
     ``alignment/norm_ratio/<param>`` (``|EP| / |BPTT|``) for each parameter tensor of ``pl_module.net``,
@@ -84,12 +133,25 @@ class GradientAlignment(Callback):
         TypeError: at setup, a module that is not an ``EPLightningModule``.
     """
 
-    def __init__(self, every_n_steps: int = 100, bptt_t1: int | None = None, plot: bool = True) -> None:
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        bptt_t1: int | None = None,
+        plot: bool = True,
+        held_out: int | None = None,
+        bptt_spiking: bool = True,
+    ) -> None:
         self.every_n_steps = check_every_n_steps(every_n_steps)
         self.bptt_t1 = check_t1(bptt_t1)
+        self.bptt_spiking = bptt_spiking
+        if held_out is not None and (isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 1):
+            raise ValueError(f"held_out must be a number of validation samples >= 1 or None, got {held_out!r}")
+        self.held_out = held_out
+        self._held_out_batch: tuple[Tensor, Tensor] | None = None
         self.plot = plot
         self.steps: list[int] = []
         self.history: dict[str, list[tuple[float, float]]] = {}
+        self.all_cosines: list[float] = []
         self._batch: Any = None
         self._step = 0
 
@@ -101,6 +163,12 @@ class GradientAlignment(Callback):
         self._step = trainer.global_step
         self._batch = batch if self._step % self.every_n_steps == 0 else None
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.held_out is not None and self._held_out_batch is None:
+            x, y = first_batch(validation_loaders(trainer), self.held_out)
+            x = trainer.precision_plugin.convert_input(x)  # as Lightning converts the batches (e.g. 64-true)
+            self._held_out_batch = (x.to(pl_module.device), y.to(pl_module.device))
+
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._batch is None:
             return
@@ -108,14 +176,29 @@ class GradientAlignment(Callback):
         module = check_ep_module(type(self).__name__, pl_module, "fit", needs_ep=True)
         named = [(n, p) for n, p in module.net.named_parameters() if p.requires_grad]
         names, params = [n for n, _ in named], [p for _, p in named]
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        unscale = 1.0 / float(scaler.get_scale()) if scaler is not None else 1.0
-        ep = [(torch.zeros_like(p) if p.grad is None else p.grad.detach()) * unscale for p in params]
         hp = module.hparams
-        bptt = bptt_gradients(module.net, x, y, params, self.bptt_t1 or hp.t1, hp["update"])
-        flat = trainer.strategy.reduce(torch.cat([g.reshape(-1) for g in bptt]), reduce_op="mean")
-        bptt = [g.view_as(p) for g, p in zip(flat.split([p.numel() for p in params]), params, strict=True)]
-        self._record(trainer, names, ep, bptt)
+        if self._held_out_batch is not None:
+            x, y = self._held_out_batch
+            with torch.enable_grad():
+                ep = _grads(module.run_ep(x, y, torch.Generator().manual_seed(self._step)).surrogate, params)
+            ep = self._mean_over_ranks(trainer, ep, params)
+        else:
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            unscale = 1.0 / float(scaler.get_scale()) if scaler is not None else 1.0
+            ep = [(torch.zeros_like(p) if p.grad is None else p.grad.detach()) * unscale for p in params]
+        threshold = module.net.threshold
+        if not self.bptt_spiking:
+            module.net.threshold = 0.0  # the same network without spikes, for this gradient only
+        try:
+            bptt = bptt_gradients(module.net, x, y, params, self.bptt_t1 or hp.t1, hp["update"], hp.start, hp.omega)
+        finally:
+            module.net.threshold = threshold
+        self._record(trainer, names, ep, self._mean_over_ranks(trainer, bptt, params))
+
+    @staticmethod
+    def _mean_over_ranks(trainer: pl.Trainer, grads: list[Tensor], params: list[nn.Parameter]) -> list[Tensor]:
+        flat = trainer.strategy.reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
+        return [g.view_as(p) for g, p in zip(flat.split([p.numel() for p in params]), params, strict=True)]
 
     def _record(self, trainer: pl.Trainer, names: list[str], ep: list[Tensor], bptt: list[Tensor]) -> None:
         metrics: dict[str, float] = {}
@@ -131,6 +214,7 @@ class GradientAlignment(Callback):
         all_cos, all_ratio = cosine_and_norm_ratio(torch.cat([g.flatten() for g in ep]),
                                                    torch.cat([g.flatten() for g in bptt]))
         metrics["alignment/cos_all"], metrics["alignment/norm_ratio_all"] = all_cos, all_ratio
+        self.all_cosines.append(all_cos)
         log_scalars(trainer, metrics, self._step)
         if self.plot and trainer.is_global_zero:
             log_figure(trainer, "alignment/plot", alignment_figure(self.steps, self.history), self._step)
@@ -138,8 +222,10 @@ class GradientAlignment(Callback):
             log_table(trainer, "alignment/table", columns, rows, self._step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": list(self.steps), "history": {k: list(v) for k, v in self.history.items()}}
+        return {"steps": list(self.steps), "history": {k: list(v) for k, v in self.history.items()},
+                "all_cosines": list(self.all_cosines)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps = list(state_dict["steps"])
         self.history = {k: [tuple(v) for v in vs] for k, vs in state_dict["history"].items()}
+        self.all_cosines = list(state_dict.get("all_cosines", []))
