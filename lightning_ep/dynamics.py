@@ -84,16 +84,26 @@ def input_drive(net: ConvergentNetwork, x: Tensor) -> Tensor:
     return net.blocks[0].forward_drive(x)[0]
 
 
-def feedforward_state(net: ConvergentNetwork, x_drive: Tensor) -> NetworkState:
+def feedforward_state(net: ConvergentNetwork, x_drive: Tensor) -> tuple[NetworkState, list[Tensor]]:
     """One bottom-up sweep, each layer set to ``clamp(forward drive from the layer below)`` with no feedback:
-    a warm start for the free phase that costs about one dynamics step (its spikes are sent from zero)."""
+    a warm start for the free phase that costs about one dynamics step. Also returns the spikes each layer sent
+    (from zero) to reach it."""
     s: list[Tensor] = []
     r: list[Tensor] = []
+    sent: list[Tensor] = []
     for i, block in enumerate(net.blocks):
         d = x_drive if i == 0 else block.forward_drive(r[i - 1])[0]
         s.append(d.clamp(0.0, 1.0))
-        r.append(block.neuron(s[i], None)[0])
-    return NetworkState(s, r)
+        r_i, spikes = block.neuron(s[i], None)
+        r.append(r_i)
+        sent.append(x_drive.new_zeros(()) if spikes is None else torch.linalg.vector_norm(spikes.detach(), 1))
+    return NetworkState(s, r), sent
+
+
+def check_omega(omega: float) -> None:
+    """Raise a ValueError unless the relaxation factor lies in (0, 2)."""
+    if not 0.0 < omega < 2.0:
+        raise ValueError(f"omega (the relaxation factor) must lie in (0, 2), got {omega}")
 
 
 def start_state(
@@ -101,16 +111,15 @@ def start_state(
 ) -> tuple[NetworkState, list[Tensor]]:
     """The state a free phase starts from (``None`` means ``'zeros'``) and the spikes sent to reach it (the
     feed-forward sweep sends each layer's reconstruction from zero; zeros otherwise)."""
-    if isinstance(init, NetworkState):
-        return init, [x_drive.new_zeros(()) for _ in net.blocks]
-    if init is None or init == "zeros":
-        return NetworkState.zeros(net, x_drive.shape[0]), [x_drive.new_zeros(()) for _ in net.blocks]
     if init == "feedforward":
-        state = feedforward_state(net, x_drive)
-        theta = net.threshold
-        sent = [(r.detach().abs().sum() / theta) if theta > 0 else x_drive.new_zeros(()) for r in state.r]
-        return state, sent
-    raise ValueError(f"unknown initial state {init!r}: use one of {START_KINDS} or a NetworkState")
+        return feedforward_state(net, x_drive)
+    if isinstance(init, NetworkState):
+        state = init
+    elif init is None or init == "zeros":
+        state = NetworkState.zeros(net, x_drive.shape[0])
+    else:
+        raise ValueError(f"unknown initial state {init!r}: use one of {START_KINDS} or a NetworkState")
+    return state, [x_drive.new_zeros(()) for _ in net.blocks]
 
 
 def _forward_drive(net: ConvergentNetwork, i: int, x_drive: Tensor, r: list[Tensor], cache: _IndexCache) -> Tensor:
@@ -168,8 +177,7 @@ def relax(
         raise ValueError(f"unknown update order {update!r}: use 'async' or 'sync'")
     if beta != 0.0 and y is None:
         raise ValueError("a nudged phase (beta != 0) needs the labels y")
-    if not 0.0 < omega < 2.0:
-        raise ValueError(f"omega (the relaxation factor) must lie in (0, 2), got {omega}")
+    check_omega(omega)
     n = len(state.s)
     y1h = F.one_hot(y, net.num_classes).to(x_drive.dtype) if beta != 0.0 else x_drive
     groups = [list(range(0, n, 2)), list(range(1, n, 2))] if update == "async" else [list(range(n))]

@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ep.bptt import bptt_loss
-from lightning_ep.dynamics import START_KINDS, Relaxation
+from lightning_ep.dynamics import START_KINDS, Relaxation, check_omega
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
 
@@ -76,8 +76,7 @@ class EPLightningModule(LightningModule):
         if method not in ("ep", "bptt"):
             raise ValueError(f"unknown method {method!r}: use 'ep' or 'bptt'")
         check_ep_args(self.net, beta, t1, t2, estimator)
-        if not 0.0 < omega < 2.0:
-            raise ValueError(f"omega (the relaxation factor) must lie in (0, 2), got {omega}")
+        check_omega(omega)
         if start not in START_KINDS:
             raise ValueError(f"unknown start {start!r}: use one of {START_KINDS}")
         if eval_t1 is not None and eval_t1 < 1:

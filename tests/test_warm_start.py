@@ -36,7 +36,7 @@ def test_feedforward_sweep_is_the_clamped_drive_from_below(pooling):
     net = make_net(pooling)
     x, _ = batch()
     with torch.no_grad():
-        got = feedforward_state(net, input_drive(net, x)).s
+        got = feedforward_state(net, input_drive(net, x))[0].s
     # oracle: autograd of E with every layer above i at zero: -dE/ds_i + s_i is then the drive from below
     states = [torch.zeros(len(x), *shape, dtype=torch.float64) for shape in net.state_shapes]
     for i in range(len(states)):
