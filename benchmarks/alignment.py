@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json("alignment", stamp(align + acts, load_avg_start=load_start, load_avg_end=load_average(),
                                   data=source, dtype=args.dtype, hidden=args.hidden, batch=args.batch),
                args.out, args.quick)
-    return 0
+    return 0 if verdict == "PASS" else 1
 
 
 if __name__ == "__main__":

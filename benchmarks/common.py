@@ -157,4 +157,6 @@ def load_batch(
         return x, torch.randint(0, 10, (n,), generator=g), "synthetic uniform noise"
     if offset + n > len(xs):
         raise ValueError(f"asked for samples {offset}..{offset + n} of the {split} split, which holds {len(xs)}")
-    return xs[offset : offset + n].to(dtype), ys[offset : offset + n], f"fashion_mnist/{split}[{offset}:{offset + n}]"
+    # Copies, not views: a view keeps the whole split's storage, which memory counts by storage would include.
+    x, y = xs[offset : offset + n].to(dtype, copy=True), ys[offset : offset + n].clone()
+    return x, y, f"fashion_mnist/{split}[{offset}:{offset + n}]"

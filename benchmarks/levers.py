@@ -48,8 +48,7 @@ def epoch_part(args: argparse.Namespace) -> list[dict[str, Any]]:
     x, y, _ = load_batch(60000, data_dir=args.data_dir)
     order = torch.randperm(60000, generator=torch.Generator().manual_seed(0))  # the DataModules' split (seed 0)
     vx, vy, tx, ty = x[order[:5000]], y[order[:5000]], x[order[5000:]], y[order[5000:]]
-    if args.quick:
-        tx, ty, vx, vy = tx[:640], ty[:640], vx[:500], vy[:500]
+    tx, ty, vx, vy = tx[: args.train_samples], ty[: args.train_samples], vx[: args.val_samples], vy[: args.val_samples]
     batches = len(ty) // 64
     out = []
     for name, cfg in EPOCH_SETTINGS.items():
@@ -124,8 +123,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="an EPLightningModule checkpoint (alignment part)")
     parser.add_argument("--batches", type=int, default=None, help="test batches of 64 (quick 1, full 4)")
     parser.add_argument("--bptt-t1", type=int, default=200, help="free steps of the settled BPTT reference")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="epoch part: training images of the epoch (quick 640, full all 55,000)")
+    parser.add_argument("--val-samples", type=int, default=None,
+                        help="epoch part: held-out images evaluated (quick 500, full all 5,000)")
     args = parser.parse_args()
     args.batches = args.batches or (1 if args.quick else 4)
+    args.train_samples = args.train_samples or (640 if args.quick else 55000)
+    args.val_samples = args.val_samples or (500 if args.quick else 5000)
     setup_threads(args.threads)
     records: list[dict[str, Any]] = []
     if args.part in ("epoch", "both"):

@@ -18,7 +18,8 @@ the target on the whole 10,000-image test set. ``seconds`` is the training time 
 full-test accuracy reaches ``--target``; a setting that has not reached it within ``--budget`` training seconds is
 reported with ``reached: false`` and ``seconds: null``, and a ratio against it as a lower bound (``>``).
 Keys: setting, dataset, target_accuracy, seconds, reached, samples, test_accuracy (the last full-test accuracy
-measured, or null), last_accuracy_2000, budget_s, t1, t2, update, dynamics, start, omega, hardware, command.
+measured, or null), last_accuracy_2000, budget_s, test_samples (10,000; fewer with ``--test-subset``, for smoke
+tests), t1, t2, update, dynamics, start, omega, hardware, command.
 """
 
 from __future__ import annotations
@@ -101,17 +102,20 @@ def main() -> None:
                         "(quick 10, full 120)")
     parser.add_argument("--budget", type=float, default=None, help="training seconds per setting (quick 30, 3600)")
     parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--test-subset", type=int, default=None,
+                        help="evaluate on the first N test images only (default all 10,000; for smoke tests)")
     args = parser.parse_args()
     args.eval_every = args.eval_every or (10.0 if args.quick else 120.0)
     args.budget = args.budget or (30.0 if args.quick else 3600.0)
     if args.quick:
         args.target = min(args.target, 0.5)
     setup_threads(args.threads)
-    train, test = load_batch(60000, data_dir=args.data_dir)[:2], load_batch(10000, split="test",
-                                                                          data_dir=args.data_dir)[:2]
+    train = load_batch(60000, data_dir=args.data_dir)[:2]
+    test = load_batch(args.test_subset or 10000, split="test", data_dir=args.data_dir)[:2]
     records = [run(s, args, train, test) for s in args.settings]
     for r in records:
-        r.update(dataset="fashion_mnist", target_accuracy=args.target, budget_s=args.budget, threshold=THRESHOLD)
+        r.update(dataset="fashion_mnist", target_accuracy=args.target, budget_s=args.budget, threshold=THRESHOLD,
+                 test_samples=len(test[1]))
     print_table(records, ["setting", "t1", "t2", "update", "dynamics", "start", "seconds", "samples",
                           "test_accuracy", "reached"])
     by = {r["setting"]: r for r in records}

@@ -3,6 +3,7 @@
     python benchmarks/training.py fmnist --config recipes/configs/fmnist_paper.yaml [any recipe flags]
     python benchmarks/training.py mnist --config recipes/configs/mnist_paper.yaml --trainer.max_time 00:02:00:00
     python benchmarks/training.py fmnist --record /tmp/trial.json --data.train_subset 640   # elsewhere than results/
+    python benchmarks/training.py fmnist --note "cores shared with ... for 10 minutes"          # a note in the record
 
 Each record: dataset, method ("ep"/"bptt"), spiking, pooling, epochs (trained, fractional), test_error (a fraction),
 wall_s (fit + test), hardware, command, complete (all configured epochs ran, not cut by max_time/max_steps or
@@ -30,15 +31,29 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import RESULTS_DIR, hardware  # noqa: E402
 from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 
+from lightning_ep.blocks import SpikingConv2d, SpikingLinear  # noqa: E402
 from lightning_ep.callbacks import GradientAlignment  # noqa: E402
 from lightning_ep.cli import build_cli, fit_and_test  # noqa: E402
 from lightning_ep.data import FashionMNISTDataModule, MNISTDataModule  # noqa: E402
+from lightning_ep.network import ConvergentNetwork  # noqa: E402
 
 ALIGNMENT_EVERY = 430  # optimizer steps between two EP-vs-BPTT measurements (twice an epoch at batch 64)
 ALIGNMENT_SAMPLES = 64  # validation images in the fixed batch they are measured on
 ALIGNMENT_BPTT_T1 = 200  # BPTT through 200 free steps of the network without spikes: the gradient at its settled
 # fixed point (the spiking network's straight-through BPTT gradient grows without bound at a spiking fixed point)
 DATASETS = {"fmnist": (FashionMNISTDataModule, "fmnist_demo.yaml"), "mnist": (MNISTDataModule, "mnist_demo.yaml")}
+
+
+def network_summary(net: ConvergentNetwork) -> dict[str, object]:
+    """The record's network fields, read from the network itself (whichever arguments built it): the pooling of
+    its conv layers (one name when all agree), their channels and the hidden dense widths."""
+    convs = [b for b in net.blocks if isinstance(b, SpikingConv2d)]
+    dense = [b for b in net.blocks if isinstance(b, SpikingLinear)]
+    if net.readout is None:
+        dense = dense[:-1]  # the output layer (mse) is not a hidden layer
+    poolings = sorted({str(b.pooling) for b in convs})
+    return {"pooling": poolings[0] if len(poolings) == 1 else poolings,
+            "channels": [b.out_shape[0] for b in convs], "hidden": [b.out_shape[0] for b in dense]}
 
 
 def epochs_trained(trainer: Trainer) -> float:
@@ -103,6 +118,11 @@ def main(argv: list[str]) -> dict:
         i = args.index("--record")
         path = Path(args[i + 1])
         del args[i : i + 2]
+    note = None
+    if "--note" in args:  # what the record should say about how the run went (e.g. cores shared)
+        i = args.index("--note")
+        note = args[i + 1]
+        del args[i : i + 2]
     datamodule_class, default_config = DATASETS[name]
     cli = build_cli(datamodule_class, ROOT / "recipes" / "configs" / default_config, f"lightning_ep-{name}", args)
     alignment = None
@@ -122,10 +142,11 @@ def main(argv: list[str]) -> dict:
                 and data.hparams.train_subset is None and trainer.max_steps in (-1, None))
     record = {
         "dataset": "fashion_mnist" if name == "fmnist" else "mnist",
-        "method": hp.method, "spiking": hp.threshold > 0, "pooling": hp.pooling, "epochs": epochs_done,
+        "method": hp.method, "spiking": cli.model.net.spiking, "epochs": epochs_done,
         "test_error": round(1.0 - float(metrics["test/acc"]), 6), "wall_s": round(wall, 1), "hardware": hardware(),
         "command": shlex.join(["python", "benchmarks/training.py", *argv]), "complete": bool(complete),
-        "threshold": hp.threshold, "hidden": list(hp.hidden), "channels": list(hp.channels), "t1": hp.t1,
+        **network_summary(cli.model.net),
+        "threshold": hp.threshold, "t1": hp.t1,
         "t2": hp.t2, "beta": hp.beta, "loss": hp.loss, "start": hp.start, "omega": hp.omega, "tol": hp.tol,
         "lr": hp.lr,
         "batch_size": data.hparams.batch_size,
@@ -136,6 +157,8 @@ def main(argv: list[str]) -> dict:
         "test_change_free": round(float(metrics["test/change_free"]), 6) if "test/change_free" in metrics else None,
         "curve": curve.points,
     }
+    if note is not None:
+        record["note"] = note
     if trainer.is_global_zero:
         records = json.loads(path.read_text()) if path.exists() else []
         records.append(record)

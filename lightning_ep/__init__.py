@@ -5,6 +5,15 @@ from lightning_ep.bptt import BPTTResult, bptt_loss
 from lightning_ep.dynamics import DivergenceError, NetworkState, Relaxation, relax, relax_autograd
 from lightning_ep.ep import EPResult, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, two_conv_two_dense
+from lightning_ep.neuromorphic import (
+    NeuromorphicCost,
+    StepTrace,
+    latency_steps,
+    phase_cost,
+    trace_cost,
+    traced_free_phase,
+    training_step_cost,
+)
 from lightning_ep.sigma_delta import SigmaDelta
 
 __all__ = [
@@ -16,15 +25,22 @@ __all__ = [
     "EPLightningModule",
     "EPResult",
     "NetworkState",
+    "NeuromorphicCost",
     "Relaxation",
     "SigmaDelta",
     "SpikingConv2d",
     "SpikingLinear",
+    "StepTrace",
     "bptt_loss",
     "equilibrium_propagation",
     "free_phase",
+    "latency_steps",
+    "phase_cost",
     "relax",
     "relax_autograd",
+    "trace_cost",
+    "traced_free_phase",
+    "training_step_cost",
     "two_conv_two_dense",
 ]
 __version__ = "0.1.0"

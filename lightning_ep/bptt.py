@@ -18,6 +18,7 @@ from lightning_ep.dynamics import (
     relax,
     start_state,
 )
+from lightning_ep.ep import check_steps
 from lightning_ep.network import ConvergentNetwork
 
 
@@ -38,14 +39,31 @@ def bptt_loss(
     update: UpdateOrder = "async",
     init: NetworkState | StartKind | None = None,
     omega: float = 1.0,
+    truncate: int | None = None,
 ) -> BPTTResult:
     """Mean loss after ``t1`` free steps from ``init`` (as in :func:`~lightning_ep.ep.free_phase`), with the autograd
-    graph through all of them (and through the feed-forward sweep of ``init='feedforward'``)."""
+    graph through all of them (and through the feed-forward sweep of ``init='feedforward'``). With ``truncate=k``
+    the first ``t1 - k`` steps run without a graph and the gradient goes through the last ``k`` steps only, from
+    the state they reached (truncated BPTT, as the EP reference codes' BPTT baseline). The labels ``y`` are class
+    indices of any integer dtype."""
     net.check_input(x, y)
-    if not isinstance(t1, int) or t1 < 1:
-        raise ValueError(f"t1 (number of dynamics steps) must be an integer >= 1, got {t1!r}")
-    x_drive = input_drive(net, x)
-    free = relax(net, x_drive, start_state(net, x_drive, init)[0], t1, update=update, omega=omega)
+    check_steps("t1", t1)
+    if truncate is not None:
+        check_steps("truncate", truncate)
+        if truncate > t1:
+            raise ValueError(f"truncate ({truncate}) must be <= t1 ({t1}): it counts the last steps backpropagated")
+    y = y.long()  # cross_entropy and one_hot take int64 only (no copy when y is int64 already)
+    if truncate is None or truncate == t1:
+        x_drive = input_drive(net, x)
+        free = relax(net, x_drive, start_state(net, x_drive, init)[0], t1, update=update, omega=omega)
+    else:
+        with torch.no_grad():
+            x_drive = input_drive(net, x)
+            head = relax(net, x_drive, start_state(net, x_drive, init)[0], t1 - truncate, update=update, omega=omega)
+        x_drive = input_drive(net, x)  # with its graph: the drive's parameters get their gradient too
+        tail = relax(net, x_drive, head.state.detach(), truncate, update=update, omega=omega)
+        spikes = [a + b for a, b in zip(head.spikes, tail.spikes, strict=True)]
+        free = Relaxation(tail.state, t1, tail.last_change, spikes, tail.mean_change)
     logits = net.logits(free.state.s)
     loss = net.loss(free.state.s, y).mean()
     if not torch.isfinite(loss):

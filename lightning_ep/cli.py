@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -62,10 +62,13 @@ def build_cli(
     default_config: str | Path,
     project: str,
     args: Sequence[str] | None = None,
+    model_class: type[LightningModule] = EPLightningModule,
 ) -> EPLightningCLI:
-    """Parse ``args`` (default: ``sys.argv``) over ``default_config`` and instantiate trainer, model and data."""
+    """Parse ``args`` (default: ``sys.argv``) over ``default_config`` and instantiate trainer, model and data.
+    ``model_class``: the LightningModule the ``--model.*`` flags build (any with ``input_shape`` and
+    ``num_classes`` arguments, e.g. ``lightning_ep.baselines.SnnTorchCSNN``)."""
     return EPLightningCLI(
-        EPLightningModule,
+        model_class,
         datamodule_class,
         run=False,
         args=list(args) if args is not None else None,
@@ -95,6 +98,7 @@ def run_recipe(
     default_config: str | Path,
     project: str,
     args: Sequence[str] | None = None,
+    model_class: type[LightningModule] = EPLightningModule,
 ) -> dict[str, float]:
     """Fit then test; prints and returns the test metrics. ``default_config`` is read first, flags override it."""
-    return fit_and_test(build_cli(datamodule_class, default_config, project, args))
+    return fit_and_test(build_cli(datamodule_class, default_config, project, args, model_class))

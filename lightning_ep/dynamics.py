@@ -10,8 +10,9 @@ settles; ``'sync'`` updates all layers at once from the previous step, as the re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,14 @@ START_KINDS = ("zeros", "feedforward")
 
 class DivergenceError(RuntimeError):
     """The dynamics produced NaN or inf states."""
+
+
+class StepRecorder(Protocol):
+    """An opt-in observer of :func:`relax` (e.g. ``lightning_ep.neuromorphic.StepTrace``): called once at the end
+    of every step with the states after it and the signed spike counts each layer sent in it (``None`` for a layer
+    that does not spike). It must not modify them."""
+
+    def record_step(self, net: ConvergentNetwork, s: Sequence[Tensor], sent: Sequence[Tensor | None]) -> None: ...
 
 
 @dataclass
@@ -164,12 +173,14 @@ def relax(
     update: UpdateOrder = "async",
     tol: float | None = None,
     omega: float = 1.0,
+    trace: StepRecorder | None = None,
 ) -> Relaxation:
     """Run up to ``steps`` steps of the explicit dynamics from ``state``; stops early once the largest state
     change of a step is ``<= tol`` (when given). ``omega`` is the relaxation factor: each update moves a layer to
     ``clamp(s + omega (d - s))`` for its drive ``d`` (1: ``clamp(d)``; in (1, 2): over-relaxation, which can
     settle in fewer steps where layers are strongly coupled). Every omega has the same fixed points; where the
-    energy has several, which one is reached may differ.
+    energy has several, which one is reached may differ. ``trace`` (off by default): a :class:`StepRecorder`
+    given every step's states and spikes (for per-step spike rasters and latency).
     Differentiable (BPTT) when run with autograd enabled."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -190,6 +201,7 @@ def relax(
         measure = tol is not None or t == steps
         step_change = x_drive.new_zeros(()) if measure else None
         total_change = x_drive.new_zeros(()) if measure else None
+        step_sent: list[Tensor | None] | None = [None] * n if trace is not None else None
         for group in groups:
             # All forward drives first: they hold the max-pooling indices the feedbacks need (sync updates).
             forward = {i: _forward_drive(net, i, x_drive, r, cache) for i in group}
@@ -216,6 +228,10 @@ def relax(
                 r[i], sent = net.blocks[i].neuron(s_new, r[i])
                 if sent is not None:
                     spikes[i] = spikes[i] + torch.linalg.vector_norm(sent.detach(), 1)
+                if step_sent is not None:
+                    step_sent[i] = sent
+        if trace is not None:
+            trace.record_step(net, s, step_sent)
         if measure:
             change, mean_change = float(step_change), float(total_change) / sum(t_.numel() for t_ in s)
             if tol is not None and change <= tol:

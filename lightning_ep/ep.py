@@ -57,9 +57,22 @@ def check_ep_args(net: ConvergentNetwork, beta: float, t1: int, t2: int, estimat
         raise ValueError(f"beta must be a finite number > 0, got {beta}")
     if net.readout is None and estimator != "one_sided" and beta >= 1.0:
         raise ValueError(f"beta must be < 1 with the mse output and a -beta phase (1 - beta > 0), got {beta}")
-    for name, t in (("t1", t1), ("t2", t2)):
-        if not isinstance(t, int) or t < 1:
-            raise ValueError(f"{name} (number of dynamics steps) must be an integer >= 1, got {t!r}")
+    check_steps("t1", t1)
+    check_steps("t2", t2)
+
+
+def check_steps(name: str, steps: int) -> None:
+    """Raise a ValueError unless ``steps`` (a number of dynamics steps) is an integer >= 1."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"{name} (number of dynamics steps) must be an integer >= 1, got {steps!r}")
+
+
+def check_dynamics(dynamics: str, update: str, omega: float) -> None:
+    """Raise a ValueError that names a bad choice of dynamics for its update order and relaxation factor."""
+    if dynamics not in ("explicit", "autograd"):
+        raise ValueError(f"unknown dynamics {dynamics!r}: use 'explicit' or 'autograd'")
+    if dynamics == "autograd" and (update != "sync" or omega != 1.0):
+        raise ValueError("autograd dynamics are the synchronous reference: use update='sync' and omega=1 with them")
 
 
 def free_phase(
@@ -73,7 +86,11 @@ def free_phase(
     omega: float = 1.0,
 ) -> Relaxation:
     """Relax with ``beta = 0`` from ``init`` (a state, ``'zeros'`` (default) or ``'feedforward'``); no autograd
-    graph is kept. ``omega``: the relaxation factor of :func:`~lightning_ep.dynamics.relax`."""
+    graph is kept. ``omega``: the relaxation factor of :func:`~lightning_ep.dynamics.relax`. A batch ``x`` of the
+    wrong shape, or with NaN/inf, raises a ValueError that names the problem."""
+    check_steps("t1", t1)
+    net.check_input(x)
+    check_dynamics(dynamics, update, omega)
     with torch.no_grad():
         return _free(net, x, input_drive(net, x), init, t1, update, dynamics, tol, omega)
 
@@ -93,13 +110,12 @@ def equilibrium_propagation(
     init: NetworkState | StartKind | None = None,
     omega: float = 1.0,
 ) -> EPResult:
-    """Run the EP phases on a batch and return the surrogate whose parameter gradient is the EP estimate."""
+    """Run the EP phases on a batch and return the surrogate whose parameter gradient is the EP estimate. The
+    labels ``y`` are class indices of any integer dtype."""
     check_ep_args(net, beta, t1, t2, estimator)
     net.check_input(x, y)
-    if dynamics not in ("explicit", "autograd"):
-        raise ValueError(f"unknown dynamics {dynamics!r}: use 'explicit' or 'autograd'")
-    if dynamics == "autograd" and (update != "sync" or omega != 1.0):
-        raise ValueError("autograd dynamics are the synchronous reference: use update='sync' and omega=1 with them")
+    check_dynamics(dynamics, update, omega)
+    y = y.long()  # one_hot and cross_entropy take int64 only (no copy when y is int64 already)
     phases: dict[str, Relaxation] = {}
     with torch.no_grad():
         x_drive = input_drive(net, x)

@@ -12,10 +12,12 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ep.bptt import bptt_loss
+from lightning_ep.data.sampler import MidEpochResume
 from lightning_ep.dynamics import START_KINDS, Relaxation, check_omega
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
@@ -26,13 +28,24 @@ Method = Literal["ep", "bptt"]
 class EPLightningModule(LightningModule):
     """A conv + dense convergent network (spiking when ``threshold > 0``) trained by EP or BPTT.
 
-    Network: ``channels``/``kernel_size``/``padding``/``pooling`` per conv layer, ``hidden`` dense widths, then
-    ``num_classes`` outputs (``loss='mse'``: an output layer nudged to one-hot; ``'ce'``: a linear read-out).
+    Network, one of: ``network``, a built :class:`ConvergentNetwork` (then ``input_shape``, ``num_classes``,
+    ``loss``, ``threshold`` and the layer arguments come from it; it is not a hyperparameter, so pass it again to
+    ``load_from_checkpoint``); ``layers``, a per-layer stack of :class:`Conv` / :class:`Dense` specs; or the 2C2FC
+    shortcut: ``channels``/``kernel_size``/``padding``/``pooling`` for every conv layer and ``hidden`` dense
+    widths. Then ``num_classes`` outputs (``loss='mse'``: an output layer nudged to one-hot; ``'ce'``: a linear
+    read-out).
     Training: ``method`` 'ep' (phases of ``t1``/``t2`` steps, ``beta``, ``estimator``) or 'bptt' (through the
-    ``t1`` free steps of the same dynamics). ``eval_t1`` free steps for validation/test (default ``t1``). Every free
-    phase starts from ``start``: zeros, or a feed-forward sweep (``'feedforward'``). ``omega``: the relaxation factor
-    of every update (1: plain block-coordinate descent; in (1, 2): over-relaxation).
-    ``layer_lrs`` gives one learning rate per block (input side first; the read-out last with 'ce').
+    ``t1`` free steps of the same dynamics, or only their last ``bptt_truncate``). ``eval_t1`` free steps for
+    validation/test (default ``t1``). Every free phase starts from ``start``: zeros, or a feed-forward sweep
+    (``'feedforward'``). ``omega``: the relaxation factor of every update (1: plain block-coordinate descent; in
+    (1, 2): over-relaxation).
+    Optimisation: ``optimizer`` 'adam' / 'sgd' (with ``lr``, ``weight_decay``, ``momentum``) or a factory that
+    takes the parameter groups (``OptimizerCallable``: ``torch.optim.AdamW``, ``functools.partial``, or
+    ``class_path``/``init_args`` in a LightningCLI config); ``layer_lrs`` gives one learning rate per block (input
+    side first; the read-out last with 'ce'). ``scheduler`` 'cosine' (to 0 over the run, every step), 'none', or a
+    factory that takes the optimizer (``LRSchedulerCallable``), stepped every ``scheduler_interval``.
+    Lightning's ``Trainer(gradient_clip_val=..., accumulate_grad_batches=...)`` do not apply under manual
+    optimization: use ``gradient_clip_val`` (norm clipping of the EP gradient) and ``accumulate_grad_batches`` here.
     """
 
     def __init__(
@@ -44,6 +57,8 @@ class EPLightningModule(LightningModule):
         padding: int = 0,
         pooling: Literal["avg", "max", "none"] = "avg",
         hidden: Sequence[int] = (512,),
+        layers: Sequence[Conv | Dense] | None = None,
+        network: ConvergentNetwork | None = None,
         loss: LossKind = "mse",
         threshold: float = 0.0,
         graded: bool = True,
@@ -52,27 +67,29 @@ class EPLightningModule(LightningModule):
         t1: int = 40,
         t2: int = 15,
         eval_t1: int | None = None,
+        bptt_truncate: int | None = None,
         estimator: Literal["symmetric", "one_sided", "random_sign"] = "symmetric",
         update: Literal["async", "sync"] = "async",
         dynamics: Literal["explicit", "autograd"] = "explicit",
         tol: float | None = None,
         start: Literal["zeros", "feedforward"] = "zeros",
         omega: float = 1.0,
-        optimizer: Literal["adam", "sgd"] = "adam",
+        optimizer: Literal["adam", "sgd"] | OptimizerCallable = "adam",
         lr: float = 1e-3,
         layer_lrs: Sequence[float] | None = None,
         weight_decay: float = 0.0,
         momentum: float = 0.9,
-        scheduler: Literal["cosine", "none"] = "cosine",
+        scheduler: Literal["cosine", "none"] | LRSchedulerCallable = "cosine",
+        scheduler_interval: Literal["step", "epoch"] = "step",
         gradient_clip_val: float | None = None,
+        accumulate_grad_batches: int = 1,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["network"])
         self.automatic_optimization = False
-        layers: list[Conv | Dense] = [Conv(c, kernel_size, padding, pooling) for c in channels]
-        layers += [Dense(h) for h in hidden]
-        self.net = ConvergentNetwork(input_shape, layers, num_classes, loss, threshold, graded)
+        self.net = network if network is not None else self._build_network(
+            input_shape, num_classes, channels, kernel_size, padding, pooling, hidden, layers, loss, threshold, graded)
         if method not in ("ep", "bptt"):
             raise ValueError(f"unknown method {method!r}: use 'ep' or 'bptt'")
         check_ep_args(self.net, beta, t1, t2, estimator)
@@ -81,9 +98,13 @@ class EPLightningModule(LightningModule):
             raise ValueError(f"unknown start {start!r}: use one of {START_KINDS}")
         if eval_t1 is not None and eval_t1 < 1:
             raise ValueError(f"eval_t1 must be >= 1 or None, got {eval_t1}")
-        if optimizer not in ("adam", "sgd") or scheduler not in ("cosine", "none"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd' and scheduler 'cosine' or 'none', got "
-                             f"{optimizer!r}, {scheduler!r}")
+        if bptt_truncate is not None and (method != "bptt" or not 1 <= bptt_truncate <= t1):
+            raise ValueError(f"bptt_truncate (the last free steps BPTT goes through) needs method='bptt' and "
+                             f"1 <= bptt_truncate <= t1 ({t1}), got {bptt_truncate} with method={method!r}")
+        self._check_optimisation(optimizer, scheduler, scheduler_interval, weight_decay, momentum)
+        # The objects themselves (under LightningCLI, hparams hold their class_path/init_args instead).
+        self._optimizer = optimizer
+        self._scheduler = scheduler
         groups = self._param_groups()
         if layer_lrs is not None and len(layer_lrs) != len(groups):
             raise ValueError(f"layer_lrs needs one learning rate per block ({len(groups)}), got {len(layer_lrs)}")
@@ -91,11 +112,43 @@ class EPLightningModule(LightningModule):
             raise ValueError("learning rates must be > 0")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise ValueError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}")
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         self._generator: torch.Generator | None = None
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.last_result: EPResult | None = None
+        self.train_acc = MulticlassAccuracy(self.net.num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(self.net.num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(self.net.num_classes, average="micro")
+        self.last_result: EPResult | None = None  # the last training batch's EP phases (for callbacks)
+        self.last_free: Relaxation | None = None  # the last validation/test batch's free phase (for callbacks)
+
+    @staticmethod
+    def _build_network(
+        input_shape: Sequence[int], num_classes: int, channels: Sequence[int], kernel_size: int, padding: int,
+        pooling: str, hidden: Sequence[int], layers: Sequence[Conv | Dense] | None, loss: LossKind,
+        threshold: float, graded: bool,
+    ) -> ConvergentNetwork:
+        """The per-layer ``layers`` stack when given, else the uniform conv stack plus ``hidden`` dense layers."""
+        if layers is None:
+            layers = [Conv(c, kernel_size, padding, pooling) for c in channels]
+            layers += [Dense(h) for h in hidden]
+        return ConvergentNetwork(input_shape, list(layers), num_classes, loss, threshold, graded)
+
+    @staticmethod
+    def _check_optimisation(
+        optimizer: object, scheduler: object, interval: str, weight_decay: float, momentum: float
+    ) -> None:
+        """Raise a ValueError for an unknown optimizer / scheduler, or for arguments a factory would ignore."""
+        if not callable(optimizer) and optimizer not in ("adam", "sgd"):
+            raise ValueError(f"unknown optimizer {optimizer!r}: use 'adam', 'sgd' or an optimizer factory "
+                             "(e.g. torch.optim.AdamW, or class_path/init_args in a config)")
+        if not callable(scheduler) and scheduler not in ("cosine", "none"):
+            raise ValueError(f"unknown scheduler {scheduler!r}: use 'cosine', 'none' or a scheduler factory "
+                             "(e.g. functools.partial(torch.optim.lr_scheduler.StepLR, step_size=10))")
+        if interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {interval!r}")
+        if callable(optimizer) and (weight_decay != 0.0 or momentum != 0.9):
+            raise ValueError("weight_decay and momentum apply to optimizer='adam'/'sgd' only: with an optimizer "
+                             "factory, give them to the factory (init_args) instead")
 
     @property
     def generator(self) -> torch.Generator:
@@ -126,17 +179,51 @@ class EPLightningModule(LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        lrs = list(hp.layer_lrs) if hp.layer_lrs is not None else [hp.lr] * len(self._param_groups())
-        groups = [{"params": p, "lr": lr} for p, lr in zip(self._param_groups(), lrs, strict=True)]
-        if hp.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(groups, weight_decay=hp.weight_decay)
+        params = self._param_groups()
+        if callable(self._optimizer):
+            # A factory keeps its own learning rate unless layer_lrs sets one per block.
+            lrs = list(hp.layer_lrs) if hp.layer_lrs is not None else [None] * len(params)
+            groups = [{"params": p} if lr is None else {"params": p, "lr": lr}
+                      for p, lr in zip(params, lrs, strict=True)]
+            opt: torch.optim.Optimizer = self._optimizer(groups)
         else:
-            opt = torch.optim.SGD(groups, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        if hp.scheduler == "none":
+            lrs = list(hp.layer_lrs) if hp.layer_lrs is not None else [hp.lr] * len(params)
+            groups = [{"params": p, "lr": lr} for p, lr in zip(params, lrs, strict=True)]
+            if self._optimizer == "adam":
+                opt = torch.optim.Adam(groups, weight_decay=hp.weight_decay)
+            else:
+                opt = torch.optim.SGD(groups, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if self._scheduler == "none":
             return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if callable(self._scheduler):
+            sched = self._scheduler(opt)
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            if hp.scheduler_interval == "epoch":
+                total = max(1, int(self.trainer.max_epochs or 1))
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.0)
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ValueError("ReduceLROnPlateau needs a monitored metric, which manual optimization does not pass: "
+                             "use a step/epoch scheduler (e.g. cosine, StepLR)")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": hp.scheduler_interval}}
+
+    def configure_callbacks(self) -> list[Any]:
+        """``MidEpochResume`` (a run cut mid-epoch resumes at its next batch); refuses the Trainer's clipping /
+        accumulation (manual optimization) with the module argument to use instead (this hook runs before
+        Lightning's own, less specific, refusal)."""
+        trainer = self.trainer
+        if trainer.state.fn == "fit":
+            if trainer.gradient_clip_val:
+                raise ValueError(
+                    f"Trainer(gradient_clip_val={trainer.gradient_clip_val}) does not apply to EPLightningModule "
+                    f"(manual optimization): pass EPLightningModule(gradient_clip_val={trainer.gradient_clip_val}) "
+                    "instead (--model.gradient_clip_val in the recipes) and leave the Trainer's unset")
+            if trainer.accumulate_grad_batches != 1:
+                raise ValueError(
+                    f"Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches}) does not apply to "
+                    "EPLightningModule (manual optimization): pass EPLightningModule(accumulate_grad_batches="
+                    f"{trainer.accumulate_grad_batches}) instead (--model.accumulate_grad_batches in the recipes)")
+        return [MidEpochResume()]
 
     def run_ep(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> EPResult:
         """The EP phases on a batch with this module's settings (``generator``: for the random-sign estimator,
@@ -155,22 +242,34 @@ class EPLightningModule(LightningModule):
             self.last_result = res
             objective, logits, loss, phases = res.surrogate, res.logits, res.loss, res.phases
         else:
-            out = bptt_loss(self.net, x, y, hp.t1, hp["update"], hp.start, hp.omega)
+            out = bptt_loss(self.net, x, y, hp.t1, hp["update"], hp.start, hp.omega, hp.get("bptt_truncate"))
             objective, logits, loss, phases = out.loss, out.logits.detach(), out.loss.detach(), {"free": out.free}
-        opt = self.optimizers()
-        opt.zero_grad()
-        self.manual_backward(objective)
-        if hp.gradient_clip_val is not None:
-            self.clip_gradients(opt, gradient_clip_val=hp.gradient_clip_val, gradient_clip_algorithm="norm")
-        opt.step()
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
+        self._optimize(objective, batch_idx)
         self.train_acc(logits, y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         self._log_phases("train", phases, len(y))
         return loss
+
+    def _optimize(self, objective: Tensor, batch_idx: int) -> None:
+        """Backward (the EP surrogate or the BPTT loss), then every ``accumulate_grad_batches`` batches (and at the
+        end of the epoch): clip, step the optimizer and the scheduler (per step or at the epoch's last batch)."""
+        hp = self.hparams
+        k = hp.accumulate_grad_batches
+        opt = self.optimizers()
+        last_batch = batch_idx + 1 == self.trainer.num_training_batches
+        boundary = (batch_idx + 1) % k == 0 or last_batch
+        if batch_idx % k == 0:
+            opt.zero_grad()  # a window starts (the gradient stays in p.grad after the step, for callbacks)
+        self.manual_backward(objective / k if k > 1 else objective)
+        if not boundary:
+            return
+        if hp.gradient_clip_val is not None:
+            self.clip_gradients(opt, gradient_clip_val=hp.gradient_clip_val, gradient_clip_algorithm="norm")
+        opt.step()
+        sched = self.lr_schedulers()
+        if sched is not None and (hp.scheduler_interval == "step" or last_batch):
+            sched.step()
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -186,6 +285,7 @@ class EPLightningModule(LightningModule):
         x, y = batch
         self.net.check_input(x, y)
         free = self._free(x)
+        self.last_free = free
         loss = self.net.loss(free.state.s, y).mean()
         metric(self.net.logits(free.state.s), y)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=len(y))

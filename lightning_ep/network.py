@@ -13,14 +13,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ep.blocks import Shape, SpikingConv2d, SpikingLinear
+from lightning_ep.pooling import POOLING_KINDS, check_pooling, pooled_hw
 from lightning_ep.sigma_delta import SpikeFunction
+
+if TYPE_CHECKING:
+    from lightning_ep.dynamics import NetworkState, StartKind, UpdateOrder
 
 LossKind = Literal["mse", "ce"]
 
@@ -70,14 +74,18 @@ class ConvergentNetwork(nn.Module):
         self.loss_kind: LossKind = loss
         blocks: list[nn.Module] = []
         shape = self.input_shape
-        for spec in layers:
+        for number, spec in enumerate(layers, start=1):
             if isinstance(spec, Conv):
                 if blocks and isinstance(blocks[-1], SpikingLinear):
                     raise ValueError("a Conv layer cannot follow a Dense layer")
-                block: nn.Module = SpikingConv2d(
-                    shape, spec.channels, spec.kernel_size, spec.padding, spec.pooling, spec.pool_size,
-                    threshold, graded, spike_grad,
-                )
+                try:
+                    block: nn.Module = SpikingConv2d(
+                        shape, spec.channels, spec.kernel_size, spec.padding, spec.pooling, spec.pool_size,
+                        threshold, graded, spike_grad,
+                    )
+                except ValueError as err:
+                    raise ValueError(f"layer {number}, {spec}, on an input of shape {shape}: {err}"
+                                     f"{_conv_fit_hint(spec, shape)}") from err
             elif isinstance(spec, Dense):
                 block = SpikingLinear(shape, spec.features, threshold, graded, spike_grad)
             else:
@@ -116,7 +124,8 @@ class ConvergentNetwork(nn.Module):
         return [torch.zeros(batch, *shape, device=p.device, dtype=p.dtype) for shape in self.state_shapes]
 
     def check_input(self, x: Tensor, y: Tensor | None = None) -> None:
-        """Raise a ValueError naming the problem with a batch ``x`` (and labels ``y``)."""
+        """Raise a ValueError naming the problem with a batch ``x`` (and labels ``y``: class indices of any integer
+        dtype, which the engine converts to int64)."""
         if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"input of shape {tuple(x.shape)} does not match the network's input_shape {self.input_shape}: "
@@ -125,12 +134,30 @@ class ConvergentNetwork(nn.Module):
         if not torch.isfinite(x).all():
             raise ValueError("input contains NaN or inf values: clean the data (e.g. torch.nan_to_num) first")
         if y is not None:
-            if y.shape != (x.shape[0],) or y.dtype not in (torch.int64, torch.int32):
+            if y.shape != (x.shape[0],) or not is_class_index_dtype(y.dtype):
                 raise ValueError(f"labels must be integer class indices of shape ({x.shape[0]},), got "
-                                 f"{y.dtype} {tuple(y.shape)}")
+                                 f"{y.dtype} {tuple(y.shape)}: pass one class index per sample (any integer "
+                                 "dtype), not one-hot rows, floats or booleans")
             if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
                 raise ValueError(f"labels must lie in [0, {self.num_classes}), got range "
                                  f"[{int(y.min())}, {int(y.max())}]")
+
+    def forward(
+        self,
+        x: Tensor,
+        t1: int = 60,
+        init: NetworkState | StartKind | None = "zeros",
+        update: UpdateOrder = "async",
+        tol: float | None = None,
+        omega: float = 1.0,
+    ) -> Tensor:
+        """The logits after a free phase of ``t1`` steps from ``init`` (:func:`~lightning_ep.ep.free_phase`),
+        without autograd: ``net(x).argmax(1)`` predicts. The defaults are ``equilibrium_propagation``'s; pass the
+        settings the network was trained with (e.g. ``t1=10, init='feedforward'``) to evaluate it as trained."""
+        from lightning_ep.ep import free_phase  # ep imports this module
+
+        with torch.no_grad():
+            return self.logits(free_phase(self, x, t1, update, "explicit", tol, init, omega).state.s)
 
     # -- the energy and the loss: the single source of truth -------------------------------------------------
     def energy(self, x: Tensor, states: Sequence[Tensor]) -> Tensor:
@@ -148,8 +175,10 @@ class ConvergentNetwork(nn.Module):
         return self.readout(states[-1].flatten(1))
 
     def loss(self, states: Sequence[Tensor], y: Tensor) -> Tensor:
-        """Per-sample cost: ``1/2 |s_L - onehot(y)|^2`` (mse) or cross-entropy of the read-out (ce)."""
+        """Per-sample cost: ``1/2 |s_L - onehot(y)|^2`` (mse) or cross-entropy of the read-out (ce); ``y`` holds
+        class indices of any integer dtype."""
         out = self.logits(states)
+        y = y.long()  # one_hot and cross_entropy take int64 only (no copy when y is int64 already)
         if self.readout is None:
             return 0.5 * (out - F.one_hot(y, self.num_classes).to(out.dtype)).pow(2).sum(1)
         return F.cross_entropy(out, y, reduction="none")
@@ -157,6 +186,39 @@ class ConvergentNetwork(nn.Module):
     def total_energy(self, x: Tensor, states: Sequence[Tensor], y: Tensor, beta: float) -> Tensor:
         """Per-sample ``F = E + beta * loss``."""
         return self.energy(x, states) + beta * self.loss(states, y)
+
+
+def is_class_index_dtype(dtype: torch.dtype) -> bool:
+    """Whether labels of ``dtype`` are class indices: any integer dtype (not bool, float or complex)."""
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def _conv_fit_hint(spec: Conv, in_shape: Shape) -> str:
+    """What to change when a conv layer does not fit its input: the smallest padding that does, if any."""
+    if len(in_shape) != 3 or (spec.pooling or "none") not in POOLING_KINDS:
+        return ""
+    padding = _smallest_padding(in_shape[1:], 1, spec.kernel_size, spec.pooling, spec.pool_size)
+    if padding is None or padding <= spec.padding:
+        return ""
+    return f". Give this layer padding={padding} (or a smaller kernel_size), or feed larger inputs"
+
+
+def _stack_fits(hw: Sequence[int], convs: int, kernel_size: int, padding: int, pooling: str, pool_size: int) -> bool:
+    """Whether ``convs`` stacked conv + pooling layers leave at least one pixel of an ``hw`` input."""
+    h, w = int(hw[0]), int(hw[1])
+    for _ in range(convs):
+        conv_hw = (h + 2 * padding - kernel_size + 1, w + 2 * padding - kernel_size + 1)
+        h, w = pooled_hw(conv_hw, check_pooling(pooling), pool_size)
+        if min(*conv_hw, h, w) < 1:
+            return False
+    return True
+
+
+def _smallest_padding(hw: Sequence[int], convs: int, kernel_size: int, pooling: str | None,
+                      pool_size: int) -> int | None:
+    """The smallest padding below ``kernel_size`` with which the stack fits (see :func:`_stack_fits`), or None."""
+    fitting = (p for p in range(kernel_size) if _stack_fits(hw, convs, kernel_size, p, pooling or "none", pool_size))
+    return next(fitting, None)
 
 
 def two_conv_two_dense(
@@ -168,9 +230,26 @@ def two_conv_two_dense(
     pooling: str = "avg",
     loss: LossKind = "mse",
     threshold: float = 0.0,
+    padding: int = 0,
     **neuron: object,
 ) -> ConvergentNetwork:
-    """The paper's 2C2FC network: conv5x5 32 -> pool -> conv5x5 64 -> pool -> dense ``hidden`` -> dense classes."""
-    layers: list[Conv | Dense] = [Conv(c, kernel_size, pooling=pooling) for c in channels]
+    """The paper's 2C2FC network: conv5x5 32 -> pool -> conv5x5 64 -> pool -> dense ``hidden`` -> dense classes.
+    ``padding`` pads every convolution (``(kernel_size - 1) // 2`` keeps their size: small inputs such as 8x8
+    need it)."""
+    layers: list[Conv | Dense] = [Conv(c, kernel_size, padding, pooling) for c in channels]
     layers.append(Dense(hidden))
-    return ConvergentNetwork(input_shape, layers, num_classes, loss, threshold, **neuron)  # type: ignore[arg-type]
+    try:
+        return ConvergentNetwork(input_shape, layers, num_classes, loss, threshold, **neuron)  # type: ignore[arg-type]
+    except ValueError as err:
+        geometry = len(input_shape) == 3 and kernel_size >= 1 and padding >= 0 and pooling in POOLING_KINDS
+        if not geometry or _stack_fits(input_shape[1:], len(channels), kernel_size, padding, pooling, 2):
+            raise  # not a size problem
+        size = f"{input_shape[1]}x{input_shape[2]}"
+        fits = _smallest_padding(input_shape[1:], len(channels), kernel_size, pooling, 2)
+        advice = (f"pass padding={fits} to two_conv_two_dense (the smallest that fits {size} inputs; "
+                  "padding=(kernel_size - 1) // 2 keeps every convolution's size) or a smaller kernel_size"
+                  if fits is not None else
+                  f"{size} inputs are too small for {len(channels)} conv + pooling layers at any padding: pass a "
+                  "smaller kernel_size or fewer channels")
+        raise ValueError(f"two_conv_two_dense(input_shape={tuple(input_shape)}, kernel_size={kernel_size}, "
+                         f"padding={padding}) does not fit its input: {advice}. ({err})") from err

@@ -291,6 +291,23 @@ def test_skipped_steps_cost_nothing(tmp_path, monkeypatch):
     assert calls == {"bptt": 2, "routes": 2, "saved": 2}  # steps 0 and 3 only
 
 
+def test_memory_monitor_default_cadence_is_sparse(tmp_path, monkeypatch):
+    """By default the BPTT comparison (about one more training step of compute) runs at step 0, then every 500
+    steps: not on every step."""
+    runs: list[int] = []
+    measure = mm_mod.bptt_memory
+
+    def counting(*args, **kwargs):
+        runs.append(1)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(mm_mod, "bptt_memory", counting)
+    monitor = MemoryMonitor(compare_bptt=True, plot=False)
+    assert monitor.every_n_steps == 500
+    fit(make_module(), [monitor], logger=False, max_steps=4, default_root_dir=tmp_path)
+    assert len(runs) == 1 and set(monitor.last) == set(MEMORY_KEYS)
+
+
 def test_memory_monitor_cuda_bookkeeping(tmp_path, monkeypatch):
     """No GPU here: fake the CUDA counters to check which window each peak covers and what is logged."""
     events: list[str] = []
@@ -424,3 +441,18 @@ def test_alignment_against_the_network_without_spikes(tmp_path):
     bptt = bptt_gradients(fresh.net, hx, hy, params, ALIGNED["t1"], "async")
     cos, _ = cosine_and_norm_ratio(torch.cat([g.flatten() for g in ep]), torch.cat([g.flatten() for g in bptt]))
     assert alignment.all_cosines[0] == pytest.approx(cos, abs=1e-9)
+
+
+@pytest.mark.parametrize("logger", [False, True], ids=["no_logger", "default_logger"])
+def test_fast_dev_run_writes_no_files(tmp_path, monkeypatch, logger):
+    """Under ``fast_dev_run`` Lightning suppresses logging (its loggers become a ``DummyLogger``, or none) and
+    checkpointing: the callbacks still measure, but write no plot or table anywhere (not into the working
+    directory, which is Lightning's default root, nor under ``default_root_dir``)."""
+    monkeypatch.chdir(tmp_path)
+    callbacks = all_callbacks(every=1)
+    trainer = fit(make_module(), callbacks, logger=logger, fast_dev_run=2)
+    assert trainer.global_step == 2 and callbacks[0].steps == [0, 1] and callbacks[2].last
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == []
+    root = tmp_path / "root"
+    fit(make_module(), all_callbacks(every=1), logger=logger, fast_dev_run=True, default_root_dir=root)
+    assert not root.exists() and not list(tmp_path.iterdir())

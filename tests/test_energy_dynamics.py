@@ -293,3 +293,23 @@ def test_relaxation_reports_the_mean_change_of_its_last_step():
     assert last.last_change == pytest.approx(max(float(d.max()) for d in deltas))
     assert last.mean_change == pytest.approx(sum(float(d.sum()) for d in deltas) / sum(d.numel() for d in deltas))
     assert 0.0 < last.mean_change < last.last_change
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_calling_the_network_gives_the_free_phase_logits(loss):
+    """``net(x)``: the logits at the end of the free phase (60 steps from zeros by default, as
+    ``equilibrium_propagation``'s free phase), without an autograd graph, also when autograd is on."""
+    from lightning_ep import free_phase
+
+    net = make_net("avg", loss, scale=2.0)
+    x, _, _ = random_batch(net, batch=4)
+    out = net(x)
+    assert out.shape == (4, NUM_CLASSES) and not out.requires_grad
+    torch.testing.assert_close(out, net.logits(free_phase(net, x, 60).state.s), rtol=0, atol=0)
+    assert not torch.equal(out, net.logits(free_phase(net, x, 3).state.s))  # the default runs more than a few steps
+    warm = net(x, t1=5, init="feedforward", omega=1.3)
+    torch.testing.assert_close(warm, net.logits(free_phase(net, x, 5, init="feedforward", omega=1.3).state.s),
+                               rtol=0, atol=0)
+    early = free_phase(net, x, 60, tol=1e-3)
+    assert early.steps < 60
+    torch.testing.assert_close(net(x, tol=1e-3), net.logits(early.state.s), rtol=0, atol=0)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_ep import Conv, ConvergentNetwork, Dense, bptt_loss, equilibrium_propagation
+from lightning_ep import Conv, ConvergentNetwork, Dense, bptt_loss, equilibrium_propagation, free_phase, relax
+from lightning_ep.dynamics import input_drive
 
 NUM_CLASSES = 5
 BATCH = 16
@@ -155,18 +156,49 @@ def test_alignment_bound_rejects_wrong_estimates(data, reference):
         assert not aligned(noise, g_bptt)
 
 
-def test_random_sign_is_deterministic_under_a_seeded_generator(data, reference):
+# torch.rand((), generator=Generator().manual_seed(seed)) is 0.496 for seed 0 (< 0.5: +beta) and 0.535 for seed 7
+# (-beta); the test checks this rather than trusting it.
+SIGN_SEEDS = {"positive": 0, "negative": 7}
+
+
+def negative_one_sided_grads(net, x, y, beta, t1=T1, t2=T2):
+    """The one-sided estimate with a -beta phase, built by hand: (F(s-, -beta) - F(s0, 0)) / (-beta)."""
+    net.zero_grad(set_to_none=True)
+    free = free_phase(net, x, t1)
+    with torch.no_grad():
+        nudged = relax(net, input_drive(net, x), free.state, t2, -beta, y)
+    surrogate = ((net.total_energy(x, nudged.state.s, y, -beta) - net.total_energy(x, free.state.s, y, 0.0))
+                 / -beta).mean()
+    surrogate.backward()
+    return take_grads(net)
+
+
+@pytest.mark.parametrize("sign", ["positive", "negative"])
+def test_random_sign_draws_either_sign_and_gives_that_one_sided_estimate(sign, data, reference):
+    """Each sign is exercised: the seed's draw is the sign named, the estimate is deterministic under that seed,
+    equals the one-sided estimate of that sign and is aligned with BPTT."""
     x, y = data
     net = make_net(loss="mse")
-    g1, r1 = ep_grads(net, x, y, 0.001, "random_sign", generator=torch.Generator().manual_seed(7))
-    g2, r2 = ep_grads(net, x, y, 0.001, "random_sign", generator=torch.Generator().manual_seed(7))
-    assert set(r1.phases) == set(r2.phases)
+    seed, beta = SIGN_SEEDS[sign], 0.001
+    draw = float(torch.rand((), generator=torch.Generator().manual_seed(seed)))
+    assert (draw < 0.5) == (sign == "positive"), f"seed {seed} draws {draw:.3f}: not the {sign} sign"
+    g1, r1 = ep_grads(net, x, y, beta, "random_sign", generator=torch.Generator().manual_seed(seed))
+    g2, r2 = ep_grads(net, x, y, beta, "random_sign", generator=torch.Generator().manual_seed(seed))
+    assert set(r1.phases) == set(r2.phases) == {"free", sign}
     assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
-    # whichever sign it drew, the estimate is the matching one-sided one and is aligned with BPTT
+    if sign == "positive":
+        g_one, _ = ep_grads(net, x, y, beta, "one_sided")
+    else:
+        g_one = negative_one_sided_grads(net, x, y, beta)
+    for a, b in zip(g1, g_one, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert r1.phases[sign].last_change < 1e-7
     assert aligned(g1, get_bptt(reference, "mse", x, y))
-    if "positive" in r1.phases:
-        g_one, _ = ep_grads(net, x, y, 0.001, "one_sided")
-        assert all(torch.equal(a, b) for a, b in zip(g1, g_one, strict=True))
+
+
+def test_random_sign_draws_both_signs_and_replays_them(data):
+    x, y = data
+    net = make_net(loss="mse")
     # over 20 draws from one generator both signs occur (short phases: only the sign is looked at)
     gen = torch.Generator().manual_seed(0)
     signs = []
@@ -185,35 +217,22 @@ def test_random_sign_is_deterministic_under_a_seeded_generator(data, reference):
     assert replay == signs
 
 
-def test_negative_random_sign_is_aligned_too(data, reference):
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_max_pooling_ep_matches_bptt(loss, data):
+    """Max pooling, non-spiking, float64, settled phases, beta 0.001: EP's gradient is BPTT's (measured: every
+    per-tensor cosine > 0.9999999, relative error 8e-6 (mse) and 3e-6 (ce); wrong max-unpooling indices in the
+    dynamics give cosine 0.50). At beta 0.01 a sample of this batch leaves for another fixed point in the mse -beta
+    phase and the estimate breaks down (smallest per-tensor cosine -0.64): beta must stay small against the
+    distance to the next argmax switch."""
     x, y = data
-    net = make_net(loss="mse")
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(20):  # find a seed state that draws the negative sign
-        state = gen.get_state()
-        if torch.rand((), generator=gen) >= 0.5:
-            break
-    gen.set_state(state)
-    g, res = ep_grads(net, x, y, 0.001, "random_sign", generator=gen)
-    assert "negative" in res.phases
-    assert aligned(g, get_bptt(reference, "mse", x, y))
-
-
-def test_max_pooling_non_spiking_gives_finite_gradients(data):
-    x, y = data
-    net = make_net("max", loss="mse")
-    g_bptt, _ = bptt_grads(net, x, y)
-    for beta in (0.001, 0.05):
-        g_ep, res = ep_grads(net, x, y, beta, "symmetric")
-        assert torch.isfinite(res.surrogate)
-        assert all(torch.isfinite(g).all() for g in g_ep)
-        assert all(g.abs().sum() > 0 for g in g_ep)
-        # measured, not asserted (the benchmark's job): ~1.0 at beta 0.001; at beta >= 0.01 one sample of the
-        # batch leaves for another fixed point in the -beta phase and the cosine falls (about -0.4 at 0.05)
-        moved = max(
-            (a - b).abs().max().item() for a, b in zip(res.phases["negative"].state.s, res.free_state.s, strict=True)
-        )
-        print(
-            f"\n[max pooling, non-spiking, beta {beta}] min cosine {min(cosines(g_ep, g_bptt)):.4f}, "
-            f"largest move of the -beta phase {moved:.3f} (not asserted)"
-        )
+    net = make_net("max", loss=loss)
+    g_bptt, res_b = bptt_grads(net, x, y)
+    assert res_b.free.last_change < 1e-8
+    g_ep, res = ep_grads(net, x, y, 0.001, "symmetric")
+    for name, phase in res.phases.items():
+        assert phase.last_change < (1e-8 if name == "free" else 1e-7), (name, phase.last_change)
+    cos, err = cosines(g_ep, g_bptt), rel_error(g_ep, g_bptt)
+    print(f"\n[max pooling, non-spiking, {loss}, beta 0.001] min cosine {min(cos):.8f}, relative error {err:.2e}")
+    assert all(g.abs().sum() > 0 for g in g_bptt)
+    assert min(cos) >= BOUND, cos
+    assert err < 1e-3

@@ -13,6 +13,7 @@ from lightning_ep import (
     DivergenceError,
     bptt_loss,
     equilibrium_propagation,
+    free_phase,
     two_conv_two_dense,
 )
 from lightning_ep.memory import count_saved_bytes
@@ -78,6 +79,48 @@ def test_bad_input_raises(net_and_batch, make_x, match):
         equilibrium_propagation(net, bad, y[: bad.shape[0]] if bad.dim() == 4 else y, 0.1, 2, 1)
     with pytest.raises(ValueError, match=match):
         bptt_loss(net, bad, y[: bad.shape[0]] if bad.dim() == 4 else y, 2)
+    with pytest.raises(ValueError, match=match):
+        free_phase(net, bad, 2)
+    with pytest.raises(ValueError, match=match):
+        net(bad)
+
+
+def test_free_phase_on_a_wrong_shape_names_the_input_not_a_kernel():
+    """A 28x28 batch into a net built for 8x8 inputs: the error names the input shape (it used to be a raw size
+    mismatch from inside the folded convolution)."""
+    net = two_conv_two_dense((1, 8, 8), hidden=16, padding=2)
+    with pytest.raises(ValueError, match=r"input of shape \(2, 1, 28, 28\) does not match the network's "
+                                         r"input_shape \(1, 8, 8\)"):
+        free_phase(net, torch.rand(2, 1, 28, 28), 3)
+
+
+def test_bad_free_phase_settings_raise(net_and_batch):
+    net, x, _ = net_and_batch
+    for t1 in (0, 2.5, True):
+        with pytest.raises(ValueError, match="t1"):
+            free_phase(net, x, t1)
+    with pytest.raises(ValueError, match="unknown dynamics 'implicit'"):
+        free_phase(net, x, 2, dynamics="implicit")
+    with pytest.raises(ValueError, match="update='sync'"):
+        free_phase(net, x, 2, dynamics="autograd")  # the default update order is async
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8, torch.uint8])
+def test_integer_labels_of_any_dtype_give_the_int64_gradients(loss, dtype):
+    """Labels of any integer dtype are class indices: EP's and BPTT's gradients equal those of int64 labels."""
+    net = make_net(loss=loss)
+    x, y = batch()
+    params = list(net.parameters())
+    objectives = {
+        "ep": lambda labels: equilibrium_propagation(net, x, labels, 0.1, 6, 4).surrogate,
+        "bptt": lambda labels: bptt_loss(net, x, labels, 6).loss,
+    }
+    for name, objective in objectives.items():
+        want = torch.autograd.grad(objective(y), params)
+        got = torch.autograd.grad(objective(y.to(dtype)), params)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b), f"{name} with {dtype} labels differs from int64"
 
 
 @pytest.mark.parametrize(
@@ -85,7 +128,13 @@ def test_bad_input_raises(net_and_batch, make_x, match):
     [
         (lambda y: y.clone().fill_(NUM_CLASSES), r"labels must lie in \[0, 5\)"),
         (lambda y: y.clone().fill_(-1), r"labels must lie in \[0, 5\)"),
-        (lambda y: y.float(), "labels must be integer class indices"),
+        (lambda y: y.clone().fill_(NUM_CLASSES).int(), r"labels must lie in \[0, 5\), got range \[5, 5\]"),
+        (lambda y: y.clone().fill_(-1).to(torch.int8), r"labels must lie in \[0, 5\), got range \[-1, -1\]"),
+        (lambda y: y.to(torch.uint8).fill_(200), r"labels must lie in \[0, 5\)"),
+        (lambda y: y.float(), "labels must be integer class indices.*got torch.float32"),
+        (lambda y: y.double(), "labels must be integer class indices.*got torch.float64"),
+        (lambda y: y.bool(), "labels must be integer class indices.*got torch.bool"),
+        (lambda y: torch.nn.functional.one_hot(y, NUM_CLASSES), "labels must be integer class indices of shape"),
         (lambda y: y[:2], "labels must be integer class indices of shape"),
         (lambda y: y[:, None], "labels must be integer class indices of shape"),
     ],
@@ -155,11 +204,25 @@ def test_bad_bptt_settings_raise(net_and_batch):
         (lambda: ConvergentNetwork((1, 0, 12), [Dense(8)]), "input_shape"),
         (lambda: ConvergentNetwork((1, 12, 12), [], loss="ce"), "hidden layer"),
         (lambda: two_conv_two_dense(pooling="maxx"), "unknown pooling 'maxx'"),
+        (lambda: two_conv_two_dense((1, 8, 8)), r"two_conv_two_dense\(input_shape=\(1, 8, 8\), kernel_size=5, "
+                                                r"padding=0\) does not fit its input: pass padding=2"),
+        (lambda: two_conv_two_dense((1, 8, 8), kernel_size=3), "pass padding=1 to two_conv_two_dense"),
+        (lambda: two_conv_two_dense((1, 2, 2), kernel_size=1), "2x2 inputs are too small for 2 conv"),
+        (lambda: ConvergentNetwork((1, 12, 12), [Conv(4, 5), Conv(4, 5)]),
+         r"layer 2, Conv\(channels=4, kernel_size=5, padding=0.*Give this layer padding=1"),
     ],
 )
 def test_bad_architecture_raises(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_two_conv_two_dense_with_padding_builds_small_inputs():
+    net = two_conv_two_dense((1, 8, 8), channels=(4, 6), hidden=16, padding=2)
+    assert net.state_shapes == [(4, 4, 4), (6, 2, 2), (16,), (10,)]
+    x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 3, 9])
+    equilibrium_propagation(net, x, y, 0.1, 3, 2).surrogate.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
 def test_conv_on_flat_input_raises():

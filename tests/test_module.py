@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, PatternDataModule, needs_fmnist
+from conftest import TINY, PatternDataModule, needs_fmnist, require_data
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ep import DivergenceError
 from lightning_ep.module import EPLightningModule
@@ -23,13 +24,15 @@ def _module(dm: PatternDataModule, **kw) -> EPLightningModule:
 
 
 @pytest.mark.parametrize("method", ["ep", "bptt"])
-def test_fit_learns_synthetic_patterns(tmp_path, patterns, method):
+def test_fit_learns_synthetic_patterns(tmp_path, method):
+    """Accuracy on 256 held-out samples (the training patterns under fresh noise, never trained on)."""
     seed_everything(0)
+    patterns = PatternDataModule(held_out=256)
     model = _module(patterns, method=method, threshold=0.0)
     trainer = _trainer(tmp_path, max_epochs=8, logger=CSVLogger(tmp_path), log_every_n_steps=1)
     trainer.fit(model, patterns)
     acc = trainer.test(model, patterns, verbose=False)[0]["test/acc"]
-    assert acc > 0.8, f"{method} reached only {acc:.2f} on 4 separable classes (chance 0.25)"
+    assert acc > 0.8, f"{method} reached only {acc:.2f} on held-out samples of 4 separable classes (chance 0.25)"
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
     for key in ("train/loss_step", "train/acc_step", "val/acc", "train/change_free_step"):
         assert key in logged, f"{key} not logged; got {logged}"
@@ -37,8 +40,9 @@ def test_fit_learns_synthetic_patterns(tmp_path, patterns, method):
         assert "train/change_positive_step" in logged and "train/change_negative_step" in logged
 
 
-def test_spiking_fit_logs_spike_rates(tmp_path, patterns):
+def test_spiking_fit_logs_spike_rates(tmp_path):
     seed_everything(0)
+    patterns = PatternDataModule(held_out=256)  # the accuracy below is on samples never trained on
     model = _module(patterns, threshold=0.02)
     trainer = _trainer(tmp_path, max_epochs=3, logger=CSVLogger(tmp_path), log_every_n_steps=1)
     trainer.fit(model, patterns)
@@ -54,6 +58,36 @@ def test_cross_entropy_and_other_shapes(tmp_path):
     trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1)
     trainer.fit(model, dm)
     assert model(dm.data.tensors[0][:5]).shape == (5, 7)
+
+
+def test_held_out_samples_are_not_the_training_samples():
+    default, split = PatternDataModule(), PatternDataModule(held_out=64)
+    assert all(torch.equal(a, b) for a, b in zip(default.data.tensors, split.data.tensors, strict=True))
+    assert default.eval_data is default.data  # without held_out, validation and test use the training samples
+    held_x, held_y = split.eval_data.tensors
+    train_x = split.data.tensors[0]
+    assert len(held_y) == 64 and set(held_y.tolist()) == set(range(split.num_classes))
+    assert torch.cdist(held_x.flatten(1), train_x.flatten(1)).min() > 0.1  # no training sample among them
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("method", ["ep", "bptt"])
+def test_int32_labels_train_and_validate_like_int64(tmp_path, method, loss):
+    """A DataModule of int32 labels trains and validates exactly as with int64 labels (they used to pass the input
+    check and then crash in one_hot / cross_entropy)."""
+    dm = PatternDataModule(n=64)
+    x, y = dm.data.tensors
+    runs = {}
+    for dtype in (torch.int64, torch.int32):
+        seed_everything(0)
+        model = _module(dm, method=method, loss=loss, t1=6, t2=4, scheduler="none")
+        loader = DataLoader(TensorDataset(x, y.to(dtype)), batch_size=32)
+        _trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(model, loader)
+        metrics = _trainer(tmp_path).validate(model, loader, verbose=False)[0]
+        runs[dtype] = metrics, [p.detach().clone() for p in model.parameters()]
+    (want, want_params), (got, got_params) = runs[torch.int64], runs[torch.int32]
+    assert got == want
+    assert all(torch.equal(a, b) for a, b in zip(got_params, want_params, strict=True))
 
 
 def test_validation_runs_under_inference_mode(tmp_path, patterns):
@@ -126,6 +160,22 @@ def test_wrong_input_shape_is_a_clear_error(patterns):
     model = _module(patterns)
     with pytest.raises(ValueError, match="does not match the network's input_shape"):
         model(torch.rand(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("ci", ["true", "", None])
+def test_missing_real_data_fails_under_ci_and_skips_elsewhere(tmp_path, monkeypatch, ci):
+    """The ``needs_fmnist`` / ``needs_mnist`` markers: a skip with the install command, but under ``CI=true`` a
+    failure, so that CI cannot pass with its real-data tests skipped."""
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    missing = tmp_path / "train-images-idx3-ubyte.gz"
+    outcome = pytest.fail.Exception if ci == "true" else pytest.skip.Exception
+    with pytest.raises(outcome, match=r"FashionMNIST not found at .*: apt-get install -y dataset-fashion-mnist"):
+        require_data(missing, "FashionMNIST", "apt-get install -y dataset-fashion-mnist")
+    missing.write_bytes(b"")
+    require_data(missing, "FashionMNIST", "apt-get install -y dataset-fashion-mnist")  # present: runs
 
 
 @needs_fmnist

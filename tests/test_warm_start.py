@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, PatternDataModule
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_ep import Conv, ConvergentNetwork, Dense, NetworkState, bptt_loss, equilibrium_propagation, free_phase
@@ -99,7 +99,8 @@ def test_unknown_start_is_refused():
     assert isinstance(start_state(net, input_drive(net, x), None)[0], NetworkState)
 
 
-def test_module_starts_every_free_phase_from_the_sweep(tmp_path, patterns):
+def test_module_starts_every_free_phase_from_the_sweep(tmp_path):
+    patterns = PatternDataModule(held_out=256)  # tested on samples it was not trained on
     seed_everything(0)
     model = EPLightningModule(input_shape=patterns.input_shape, num_classes=patterns.num_classes,
                               **{**TINY, "t1": 6, "t2": 4, "threshold": 0.02, "start": "feedforward"})

@@ -1,5 +1,7 @@
 """Send scalars, figures and tables to whatever loggers a Trainer has: W&B and TensorBoard natively, any other
-logger (CSV, ...) or none as files under ``<log dir>/plots/`` (the latest figure and table of each key).
+logger (CSV, ...) or none as files under ``<log dir>/plots/`` (the latest figure and table of each key). Where
+Lightning suppresses logging (``fast_dev_run``, which swaps the loggers for a ``DummyLogger``; the tuner's trial
+runs, which do the same) nothing is written, as Lightning writes no logs or checkpoints then.
 
 Everything here runs on global rank zero only and uses no collective, so callers may call it from rank zero alone.
 Figures are drawn by matplotlib's Agg canvas without pyplot (no global figure registry, no GUI backend).
@@ -16,6 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers.logger import DummyLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -86,8 +89,16 @@ def log_table(trainer: pl.Trainer, key: str, columns: Sequence[str], rows: Seque
             target.experiment.add_text(key, "\n".join(lines), step)
 
 
+def logging_suppressed(trainer: pl.Trainer) -> bool:
+    """Whether Lightning suppresses logging in this run: ``fast_dev_run``, or loggers swapped for a ``DummyLogger``."""
+    return bool(trainer.fast_dev_run) or any(isinstance(lg, DummyLogger) for lg in trainer.loggers)
+
+
 def _targets(trainer: pl.Trainer) -> list[Logger | Path]:
-    """The loggers that take images natively, plus one directory for the rest (or for no logger at all)."""
+    """The loggers that take images natively, plus one directory for the rest (or for no logger at all); none
+    where Lightning suppresses logging."""
+    if logging_suppressed(trainer):
+        return []
     native: list[Logger | Path] = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger | TensorBoardLogger)]
     others = [lg for lg in trainer.loggers if not isinstance(lg, WandbLogger | TensorBoardLogger)]
     if others or not trainer.loggers:

@@ -15,8 +15,11 @@ from torch import Tensor
 from lightning_ep.blocks import SpikingConv2d
 from lightning_ep.callbacks._checks import check_ep_module, check_every_n_steps
 from lightning_ep.callbacks._logging import log_figure, log_scalars, new_figure
+from lightning_ep.callbacks.neuromorphic_cost import spike_raster_figure
 from lightning_ep.dynamics import NetworkState
+from lightning_ep.module import EPLightningModule
 from lightning_ep.network import ConvergentNetwork
+from lightning_ep.neuromorphic import StepTrace, traced_free_phase, traced_nudged_phase
 
 #: What is measured per conv layer: the per-sample sums of the two routes' outputs (statistics over the batch),
 #: then the routes' inputs X and outputs Y (statistics over all their elements).
@@ -91,14 +94,25 @@ class ActivationDiagnostics(Callback):
     outputs, over their elements: Figure 3). With ``plot``: ``activations/plot``, both as bar charts. Other steps
     cost one integer test. ``last`` holds the latest (mean, std) arrays.
 
+    With ``plot`` and ``raster`` (default) and a spiking network: ``activations/raster``, the spike raster and
+    per-layer spike rates of the batch's first sample through the free phase and the nudged phases the step ran
+    (re-run for that sample with a trace, the explicit dynamics and the step's weights; drawn with
+    ``snntorch.spikeplot.raster`` where it imports, see :func:`spike_raster_figure`; up to ``raster_neurons``
+    neurons per layer).
+
     Raises:
         ValueError: ``every_n_steps < 1``; at fit, a module trained with ``method='bptt'`` or without conv layers.
         TypeError: at setup, a module that is not an ``EPLightningModule``.
     """
 
-    def __init__(self, every_n_steps: int = 100, plot: bool = True) -> None:
+    def __init__(self, every_n_steps: int = 100, plot: bool = True, raster: bool = True,
+                 raster_neurons: int = 200) -> None:
         self.every_n_steps = check_every_n_steps(every_n_steps)
         self.plot = plot
+        self.raster = raster
+        if isinstance(raster_neurons, bool) or not isinstance(raster_neurons, int) or raster_neurons < 1:
+            raise ValueError(f"raster_neurons must be an integer >= 1, got {raster_neurons!r}")
+        self.raster_neurons = raster_neurons
         self.last: tuple[np.ndarray, np.ndarray] | None = None
         self._batch: Any = None
         self._step = 0
@@ -118,7 +132,7 @@ class ActivationDiagnostics(Callback):
                                  optimizer: torch.optim.Optimizer) -> None:
         if self._batch is None:
             return
-        x, self._batch = self._batch[0], None
+        (x, y), self._batch = self._batch[:2], None
         module = check_ep_module(type(self).__name__, pl_module, "fit", needs_ep=True)
         result = module.last_result
         if result is None:
@@ -137,6 +151,25 @@ class ActivationDiagnostics(Callback):
             names = [f"conv{layer}" for layer in range(1, len(mean) + 1)]
             title = f"step {self._step}, pooling {module.hparams.pooling}, threshold {module.hparams.threshold}"
             log_figure(trainer, "activations/plot", activation_figure(mean, std, names, title), self._step)
+        if self.plot and self.raster and trainer.is_global_zero and module.net.spiking:
+            traces = sample_traces(module, x[:1], y[:1], [name for name in result.phases if name != "free"])
+            names = [f"layer{layer}" for layer in range(1, len(module.net.blocks) + 1)]
+            title = f"spikes of one sample, step {self._step}, threshold {module.net.threshold}"
+            fig = spike_raster_figure(traces, names, title, max_neurons=self.raster_neurons)
+            log_figure(trainer, "activations/raster", fig, self._step)
+
+
+def sample_traces(module: EPLightningModule, x: Tensor, y: Tensor, nudged: list[str]) -> dict[str, StepTrace]:
+    """Traces (every neuron's spikes, first sample) of the free phase and the ``nudged`` phases (``'positive'``,
+    ``'negative'``) of ``x``, ``y`` with the module's settings."""
+    hp = module.hparams
+    free, free_trace = traced_free_phase(module.net, x, hp.t1, hp["update"], hp.tol, hp.start, hp.omega, 1)
+    traces = {"free": free_trace}
+    for name in nudged:
+        beta = hp.beta if name == "positive" else -hp.beta
+        traces[name] = traced_nudged_phase(module.net, x, y, free.state, hp.t2, beta, hp["update"], hp.tol, hp.omega,
+                                           1)[1]
+    return traces
 
 
 def _moments(v: Tensor) -> Tensor:

@@ -129,7 +129,8 @@ class GradientAlignment(Callback):
     for where they go with each logger. ``history`` keeps every measurement.
 
     Raises:
-        ValueError: ``every_n_steps < 1`` or ``bptt_t1 < 1``; at fit, a module trained with ``method='bptt'``.
+        ValueError: ``every_n_steps < 1`` or ``bptt_t1 < 1``; at fit, a module trained with ``method='bptt'``, or
+            one with ``accumulate_grad_batches > 1`` without ``held_out``.
         TypeError: at setup, a module that is not an ``EPLightningModule``.
     """
 
@@ -156,7 +157,11 @@ class GradientAlignment(Callback):
         self._step = 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        check_ep_module(type(self).__name__, pl_module, stage, needs_ep=True)
+        module = check_ep_module(type(self).__name__, pl_module, stage, needs_ep=True)
+        if stage == "fit" and self.held_out is None and module.hparams.get("accumulate_grad_batches", 1) > 1:
+            raise ValueError(f"{type(self).__name__} reads the training step's gradient, which "
+                             "accumulate_grad_batches > 1 mixes over several batches: pass held_out=<samples> to "
+                             "measure on a fixed validation batch instead")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:

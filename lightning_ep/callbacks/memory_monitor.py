@@ -70,8 +70,14 @@ class MemoryMonitor(Callback):
 
     With ``compare_bptt``, the same measures for one BPTT loss of the same network on the same batch (``bptt_t1``
     free steps, default the module's ``t1``; rank-local, run at ``on_train_batch_end``, its gradient by
-    ``torch.autograd.grad`` so ``p.grad`` is untouched). Each measured step then costs a BPTT forward (and backward
-    on CUDA); other steps cost one integer test.
+    ``torch.autograd.grad`` so ``p.grad`` is untouched). Other steps cost one integer test.
+
+    Cost: counting the saved bytes costs nothing measurable. With ``compare_bptt`` each measured step also runs a
+    BPTT forward (and backward on CUDA) through ``bptt_t1`` steps and holds its graph until it ends: measured on
+    CPU (2C2FC, hidden 256, spiking, batch 64), 0.5x an EP step at T1 10 / T2 8 and 0.7x at T1 40 / T2 15, with
+    the memory of that graph on top (BPTT saves T1 times a step's states). The memory of a step does not change
+    during training (same shapes), so the default measures every 500 steps: step 0, then under 0.2 % of the
+    training time. ``every_n_steps=1`` measures every step, at nearly twice the step time with ``compare_bptt``.
 
     Logged scalars, ``m`` the module's ``method`` (``ep`` or ``bptt``): ``memory/<m>_saved_bytes``,
     ``memory/<m>_peak_bytes`` (CUDA); with ``compare_bptt``: ``memory/bptt_saved_bytes``, ``memory/ep_over_bptt``
@@ -84,7 +90,7 @@ class MemoryMonitor(Callback):
     """
 
     def __init__(
-        self, every_n_steps: int = 1, compare_bptt: bool = False, bptt_t1: int | None = None, plot: bool = True
+        self, every_n_steps: int = 500, compare_bptt: bool = False, bptt_t1: int | None = None, plot: bool = True
     ) -> None:
         self.every_n_steps = check_every_n_steps(every_n_steps)
         self.compare_bptt = compare_bptt

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
-from .sampler import EpochSeededSampler
+from .sampler import EpochSeededSampler, ResumableDataLoader
 from .sources import DatasetName, load_split, locate
 
 
@@ -97,7 +97,8 @@ class IDXDataModule(LightningDataModule):
     def _loader(self, dataset: TensorDataset | None, name: str, shuffle: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"the {name} set is not built: call setup() first")
-        return DataLoader(
+        loader_class = ResumableDataLoader if shuffle else DataLoader  # training: can continue a cut epoch
+        return loader_class(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,

@@ -1,0 +1,338 @@
+"""``SnnTorchCSNN``: snnTorch's standard convolutional SNN (tutorial 7) trained by BPTT through time, as a
+LightningModule with the same network arguments, metrics and optimisation arguments as ``EPLightningModule``.
+
+Network: ``conv -> pooling -> snn.Leaky`` for each of ``channels``, then ``dense -> snn.Leaky`` for each of
+``hidden`` and for the ``num_classes`` outputs. The static image is presented at every one of ``num_steps`` time
+steps (its conv drive is the same at every step, so it is computed once); the loss is snnTorch's
+``functional.ce_rate_loss`` (tutorial 7: cross-entropy of the output spikes at every step, averaged over the
+steps) or ``mse_count_loss``; the prediction is the class with the most output spikes (``accuracy_rate``).
+
+The neuron state is explicit: every ``snn.Leaky`` runs with ``init_hidden=False`` and its membrane is carried by
+:meth:`SnnTorchCSNN.simulate` from a zero tensor for each batch, never through snnTorch's instance registry or
+``utils.reset``. (``snn.Leaky`` keeps a copy of the last membrane in its ``mem`` buffer even so; ``simulate`` empties
+it afterwards, so no batch or autograd graph outlives the call.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import snntorch as snn
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from snntorch import functional as SF
+from snntorch import surrogate as snn_surrogate
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_ep.data.sampler import MidEpochResume
+from lightning_ep.module import EPLightningModule
+from lightning_ep.network import is_class_index_dtype
+from lightning_ep.pooling import check_pooling, pooled_hw
+
+SurrogateName = Literal["fast_sigmoid", "sigmoid", "atan", "straight_through"]
+CSNNLoss = Literal["ce_rate", "mse_count"]
+# snnTorch's surrogate factories and the name of their one parameter (None: it takes none)
+SURROGATES: dict[str, tuple[Callable[..., Callable[[Tensor], Tensor]], str | None]] = {
+    "fast_sigmoid": (snn_surrogate.fast_sigmoid, "slope"),
+    "sigmoid": (snn_surrogate.sigmoid, "slope"),
+    "atan": (snn_surrogate.atan, "alpha"),
+    "straight_through": (snn_surrogate.straight_through_estimator, None),
+}
+LOSSES: tuple[str, ...] = ("ce_rate", "mse_count")
+POOL_SIZE = 2  # as EPLightningModule's conv layers (and snnTorch's tutorial)
+MSE_COUNT_RATES = (0.8, 0.2)  # mse_count_loss targets: the correct class fires 80 % of the steps, the others 20 %
+
+
+class SnnTorchSurrogate:
+    """snnTorch's surrogate spike function ``snntorch.surrogate.<name>(<slope>)`` (``slope=None``: snnTorch's
+    default), picklable: snnTorch returns a closure, which checkpoints and ``ddp_spawn`` could not pickle."""
+
+    def __init__(self, name: str, slope: float | None = None) -> None:
+        if name not in SURROGATES:
+            raise ValueError(f"unknown surrogate {name!r}: use one of {tuple(SURROGATES)}")
+        factory, parameter = SURROGATES[name]
+        if slope is not None and parameter is None:
+            raise ValueError(f"surrogate {name!r} takes no slope: leave surrogate_slope unset (None)")
+        if slope is not None and slope <= 0:
+            raise ValueError(f"surrogate_slope must be > 0 or None, got {slope}")
+        self.name, self.slope = name, slope
+        self._spike = factory(**({parameter: slope} if slope is not None and parameter else {}))
+
+    def __call__(self, membrane_minus_threshold: Tensor) -> Tensor:
+        return self._spike(membrane_minus_threshold)
+
+    def __reduce__(self) -> tuple[type, tuple[str, float | None]]:
+        return SnnTorchSurrogate, (self.name, self.slope)
+
+    def __repr__(self) -> str:
+        return f"SnnTorchSurrogate({self.name!r}, slope={self.slope})"
+
+
+@dataclass
+class CSNNRun:
+    """One presentation of a batch for ``num_steps`` steps.
+
+    ``output_spikes`` and ``output_membrane``: the output layer's spikes and membrane at every step, (T, B, C);
+    ``layer_spikes``: every spiking layer's total spike count over the batch and the steps (detached scalars, input
+    side first); ``layer_neurons``: the neurons of each layer per sample."""
+
+    output_spikes: Tensor
+    output_membrane: Tensor
+    layer_spikes: list[Tensor]
+    layer_neurons: list[int]
+
+    @property
+    def spike_counts(self) -> Tensor:
+        """Output spikes per class summed over the steps, (B, C): ``argmax(1)`` predicts."""
+        return self.output_spikes.sum(0)
+
+    def spike_rates(self) -> list[Tensor]:
+        """Spikes per neuron per time step of each layer."""
+        steps, batch = self.output_spikes.shape[:2]
+        return [count / (batch * steps * neurons) for count, neurons in zip(self.layer_spikes, self.layer_neurons,
+                                                                          strict=True)]
+
+
+def check_batch(x: Tensor, y: Tensor | None, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Raise a ValueError naming the problem with a batch ``x`` (and labels ``y``, integer class indices)."""
+    if x.dim() != len(input_shape) + 1 or tuple(x.shape[1:]) != input_shape:
+        raise ValueError(f"input of shape {tuple(x.shape)} does not match the network's input_shape {input_shape}: "
+                         f"pass a batch (B, {', '.join(map(str, input_shape))})")
+    if y is None:
+        return
+    if y.shape != (x.shape[0],) or not is_class_index_dtype(y.dtype):
+        raise ValueError(f"labels must be integer class indices of shape ({x.shape[0]},), got {y.dtype} "
+                         f"{tuple(y.shape)}: pass one class index per sample, not one-hot rows, floats or booleans")
+    if y.numel() and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
+
+
+def conv_output_shapes(
+    input_shape: Sequence[int], channels: Sequence[int], kernel_size: int, padding: int, pooling: str
+) -> list[tuple[int, int, int]]:
+    """The (C, H, W) of each conv layer after pooling; a ValueError when a layer does not fit its input."""
+    c, h, w = input_shape
+    shapes = []
+    for i, out_channels in enumerate(channels):
+        h, w = h + 2 * padding - kernel_size + 1, w + 2 * padding - kernel_size + 1
+        if h < 1 or w < 1:
+            raise ValueError(f"conv layer {i + 1}: kernel_size {kernel_size} with padding {padding} does not fit its "
+                             f"{c}x{h - 2 * padding + kernel_size - 1}x{w - 2 * padding + kernel_size - 1} input "
+                             "(use a smaller kernel_size, more padding or fewer conv layers)")
+        h, w = pooled_hw((h, w), pooling, POOL_SIZE)  # type: ignore[arg-type]
+        if h < 1 or w < 1:
+            raise ValueError(f"conv layer {i + 1}: {pooling} pooling {POOL_SIZE}x{POOL_SIZE} does not fit its conv "
+                             "output (use padding, a smaller kernel_size or fewer conv layers)")
+        c = out_channels
+        shapes.append((c, h, w))
+    return shapes
+
+
+class SnnTorchCSNN(LightningModule):
+    """snnTorch's convolutional SNN (``snn.Leaky`` neurons) trained by BPTT through ``num_steps`` time steps.
+
+    Network (``EPLightningModule``'s 2C2FC shortcut arguments): ``channels`` conv layers of ``kernel_size`` and
+    ``padding``, each followed by 2x2 ``pooling`` ('avg', 'max' or 'none') and a ``snn.Leaky`` layer; ``hidden``
+    dense ``snn.Leaky`` layers; ``num_classes`` output ``snn.Leaky`` neurons. Neurons: membrane decay ``beta``,
+    ``threshold``, reset by subtraction, snnTorch's ``surrogate`` spike gradient (``surrogate_slope``: its slope,
+    alpha for 'atan'; None: snnTorch's default). ``loss``: 'ce_rate' (snnTorch tutorial 7's ``ce_rate_loss``) or
+    'mse_count' (``mse_count_loss``: 80 % / 20 % of the steps for the correct / other classes).
+    Optimisation as ``EPLightningModule``: ``optimizer`` 'adam' / 'sgd' (``lr``, ``weight_decay``, ``momentum``)
+    or a factory that takes the parameters (``OptimizerCallable``); ``scheduler`` 'cosine' (to 0 over the run),
+    'none' or a factory (``LRSchedulerCallable``), stepped every ``scheduler_interval``. Automatic optimization:
+    ``Trainer(gradient_clip_val=..., accumulate_grad_batches=...)`` apply as usual.
+    Logged: ``train|val|test/loss``, ``…/acc`` (the class with the most output spikes) and
+    ``…/spike_rate_layer<i>`` (spikes per neuron per time step, input side first, the output layer last).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        channels: Sequence[int] = (32, 64),
+        kernel_size: int = 5,
+        padding: int = 0,
+        pooling: Literal["avg", "max", "none"] = "avg",
+        hidden: Sequence[int] = (512,),
+        num_steps: int = 25,
+        beta: float = 0.9,
+        threshold: float = 1.0,
+        surrogate: SurrogateName = "fast_sigmoid",
+        surrogate_slope: float | None = None,
+        loss: CSNNLoss = "ce_rate",
+        optimizer: Literal["adam", "sgd"] | OptimizerCallable = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        scheduler: Literal["cosine", "none"] | LRSchedulerCallable = "cosine",
+        scheduler_interval: Literal["step", "epoch"] = "step",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self._check_arguments(num_classes, channels, kernel_size, padding, hidden, num_steps, beta, threshold, loss,
+                              lr)
+        check_pooling(pooling)
+        EPLightningModule._check_optimisation(optimizer, scheduler, scheduler_interval, weight_decay, momentum)
+        self._optimizer = optimizer  # the objects (under LightningCLI, hparams hold their class_path/init_args)
+        self._scheduler = scheduler
+        spike = SnnTorchSurrogate(surrogate, surrogate_slope)
+        conv_shapes = conv_output_shapes(self.input_shape, channels, kernel_size, padding, pooling)
+        in_channels = [self.input_shape[0], *channels][: len(channels)]
+        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, kernel_size, padding=padding)
+                                   for c_in, c_out in zip(in_channels, channels, strict=True))
+        flat = torch.Size(conv_shapes[-1] if conv_shapes else self.input_shape).numel()
+        widths = [*hidden, num_classes]
+        self.dense = nn.ModuleList(nn.Linear(f_in, f_out) for f_in, f_out in zip([flat, *widths[:-1]], widths,
+                                                                                  strict=True))
+        self.neurons = nn.ModuleList(snn.Leaky(beta=beta, threshold=threshold, spike_grad=spike, init_hidden=False)
+                                     for _ in range(len(self.convs) + len(self.dense)))
+        self.layer_neurons = [torch.Size(s).numel() for s in conv_shapes] + widths
+        if loss == "ce_rate":
+            self.loss_fn: Callable[[Tensor, Tensor], Tensor] = SF.ce_rate_loss()
+        else:
+            self.loss_fn = SF.mse_count_loss(correct_rate=MSE_COUNT_RATES[0], incorrect_rate=MSE_COUNT_RATES[1])
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def _check_arguments(
+        self, num_classes: int, channels: Sequence[int], kernel_size: int, padding: int, hidden: Sequence[int],
+        num_steps: int, beta: float, threshold: float, loss: str, lr: float,
+    ) -> None:
+        """Raise a ValueError naming the first bad network or training argument."""
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise ValueError(f"input_shape must be (channels, height, width) of positive sizes, got {self.input_shape}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if any(c < 1 for c in channels) or any(h < 1 for h in hidden):
+            raise ValueError(f"channels and hidden widths must be >= 1, got channels={list(channels)}, "
+                             f"hidden={list(hidden)}")
+        if kernel_size < 1 or padding < 0:
+            raise ValueError(f"kernel_size must be >= 1 and padding >= 0, got {kernel_size} and {padding}")
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1 (time steps the image is presented for), got {num_steps}")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta is the membrane decay per step and must lie in [0, 1], got {beta}")
+        if threshold <= 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+
+    # -- the network ----------------------------------------------------------------------------------------
+    def _current(self, layer: int, inputs: Tensor) -> Tensor:
+        """The input current of spiking layer ``layer`` (0-based) from the layer below's spikes (or the image)."""
+        if layer < len(self.convs):
+            drive = self.convs[layer](inputs)
+            if self.hparams.pooling == "avg":
+                return F.avg_pool2d(drive, POOL_SIZE)
+            if self.hparams.pooling == "max":
+                return F.max_pool2d(drive, POOL_SIZE)
+            return drive
+        return self.dense[layer - len(self.convs)](inputs.flatten(1))
+
+    def simulate(self, x: Tensor) -> CSNNRun:
+        """Present ``x`` for ``num_steps`` steps from zero membranes (autograd follows the caller's mode)."""
+        check_batch(x, None, self.input_shape, self.hparams.num_classes)
+        image_current = self._current(0, x)  # the image is static: its current is the same at every step
+        membranes: list[Tensor | None] = [None] * len(self.neurons)
+        layer_spikes = [x.new_zeros(()) for _ in self.neurons]
+        output_spikes, output_membrane = [], []
+        for _ in range(self.hparams.num_steps):
+            spikes = x
+            for layer, neuron in enumerate(self.neurons):
+                current = image_current if layer == 0 else self._current(layer, spikes)
+                membrane = membranes[layer]
+                if membrane is None:
+                    membrane = torch.zeros_like(current)
+                spikes, membranes[layer] = neuron(current, membrane)
+                layer_spikes[layer] = layer_spikes[layer] + spikes.detach().sum()
+            output_spikes.append(spikes)
+            output_membrane.append(membranes[-1])
+        for neuron in self.neurons:  # snn.Leaky keeps the last membrane (and its graph): drop it
+            neuron.mem = x.new_zeros(0)
+        return CSNNRun(torch.stack(output_spikes), torch.stack(output_membrane), layer_spikes,
+                       list(self.layer_neurons))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Output spike counts per class (B, C) over the ``num_steps`` steps: ``argmax(1)`` predicts."""
+        return self.simulate(x).spike_counts
+
+    def loss(self, run: CSNNRun, y: Tensor) -> Tensor:
+        """The batch's mean loss (``ce_rate`` / ``mse_count``) on the output spikes."""
+        return self.loss_fn(run.output_spikes, y.long()).reshape(())
+
+    # -- training and evaluation ----------------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        check_batch(x, y, self.input_shape, self.hparams.num_classes)
+        run = self.simulate(x)
+        loss = self.loss(run, y)
+        self.train_acc(run.spike_counts.detach(), y)
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
+                 batch_size=len(y))
+        self.log("train/acc", self.train_acc, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        self._log_spike_rates("train", run, len(y))
+        return loss
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> Tensor:
+        x, y = batch
+        check_batch(x, y, self.input_shape, self.hparams.num_classes)
+        with torch.no_grad():
+            run = self.simulate(x)
+            loss = self.loss(run, y)
+        metric(run.spike_counts, y)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=len(y))
+        self.log(f"{stage}/acc", metric, prog_bar=True, batch_size=len(y))
+        self._log_spike_rates(stage, run, len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "test", self.test_acc)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        with torch.no_grad():
+            return self(x).argmax(1)
+
+    def _log_spike_rates(self, stage: str, run: CSNNRun, batch: int) -> None:
+        on_step = stage == "train"
+        for i, rate in enumerate(run.spike_rates()):
+            self.log(f"{stage}/spike_rate_layer{i + 1}", rate, on_step=on_step, on_epoch=True, sync_dist=True,
+                     batch_size=batch)
+
+    # -- optimisation ---------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        if callable(self._optimizer):
+            opt: torch.optim.Optimizer = self._optimizer(self.parameters())
+        elif self._optimizer == "adam":
+            opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if self._scheduler == "none":
+            return opt
+        if callable(self._scheduler):
+            sched = self._scheduler(opt)
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            if hp.scheduler_interval == "epoch":
+                total = max(1, int(self.trainer.max_epochs or 1))
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.0)
+        # monitor: what a ReduceLROnPlateau factory watches (the others ignore it)
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "interval": hp.scheduler_interval, "monitor": "val/loss"}}
+
+    def configure_callbacks(self) -> list[Any]:
+        """``MidEpochResume``: a run cut mid-epoch resumes at its next batch (as ``EPLightningModule``)."""
+        return [MidEpochResume()]

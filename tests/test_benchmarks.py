@@ -1,0 +1,180 @@
+"""Every benchmark script runs in its smallest mode (``--quick`` and tiny sizes) as a subprocess, writes its records
+only where it is told (a temporary directory), and never touches the full results (``benchmarks/results/``) or
+the README's figures (``docs/*.png``). A PASS/FAIL verdict is printed, and for throughput.py it sets the exit code
+(a tiny run may legitimately FAIL its speed goal)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import needs_fmnist
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+SCRIPTS = ("alignment", "levers", "memory", "plot_training", "throughput", "time_to_accuracy", "training")
+# the full results, these scripts' default --quick output and the README's figures
+PROTECTED = ("benchmarks/results/*.json", *(f"benchmarks/results/quick/{name}.json" for name in SCRIPTS), "docs/*.png")
+TINY_2C2FC = ["--threads", "1"]
+
+
+def _snapshot() -> dict[str, tuple[int, int]]:
+    files = [p for pattern in PROTECTED for p in ROOT.glob(pattern)]
+    return {str(p.relative_to(ROOT)): (p.stat().st_mtime_ns, p.stat().st_size) for p in files}
+
+
+@pytest.fixture(autouse=True)
+def results_untouched() -> Iterator[None]:
+    """No benchmark run of this file creates, rewrites or removes a results file or a figure of the repository."""
+    before = _snapshot()
+    yield
+    assert _snapshot() == before
+
+
+def run_benchmark(script: str, *args: str | Path, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``python benchmarks/<script> args`` in ``cwd`` on one thread; its output is kept for the failure message."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, str(BENCHMARKS / script), *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def explain(proc: subprocess.CompletedProcess) -> str:
+    return f"exit code {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
+
+
+def verdicts(proc: subprocess.CompletedProcess) -> list[str]:
+    """The PASS/FAIL lines of a run (at least one)."""
+    lines = re.findall(r"^(PASS|FAIL): .+$", proc.stdout, flags=re.MULTILINE)
+    assert lines, "no PASS/FAIL line\n" + explain(proc)
+    return lines
+
+
+def records(path: Path) -> list[dict]:
+    data = json.loads(path.read_text())
+    assert isinstance(data, list) and data and all(isinstance(r, dict) for r in data), path
+    return data
+
+
+def test_throughput_quick(tmp_path):
+    out = tmp_path / "throughput.json"
+    proc = run_benchmark("throughput.py", "--quick", *TINY_2C2FC, "--batch", "8", "--hidden", "16", "--t1", "3",
+                         "--t2", "2", "--repeats", "1", "--floor-repeats", "1", "--out", out, cwd=tmp_path)
+    found = verdicts(proc)
+    assert proc.returncode == (1 if "FAIL" in found else 0), explain(proc)  # any FAIL line sets exit code 1
+    rows = [r for r in records(out) if r["kind"] == "throughput"]
+    assert {(r["pooling"], r["dynamics"], r["update"]) for r in rows} == {
+        (p, d, u) for p in ("avg", "max") for d, u in (("explicit", "sync"), ("explicit", "async"),
+                                                       ("autograd", "sync"))}
+    assert all(r["samples_per_s"] > 0 and r["step_over_engine_floor"] > 0 for r in rows)
+
+
+def test_memory_quick(tmp_path):
+    out = tmp_path / "memory.json"
+    proc = run_benchmark("memory.py", "--quick", *TINY_2C2FC, "--t1", "6", "--t2", "2", "--batch", "4",
+                         "--hidden", "16", "--out", out, cwd=tmp_path)  # one T1: each measurement is a fresh process
+    assert proc.returncode == 0, explain(proc)
+    rows = {r["method"]: r for r in records(out)}
+    assert set(rows) == {"ep", "bptt"} and all(r["T1"] == 6 and r["peak_bytes"] >= 0 for r in rows.values())
+    assert rows["bptt"]["saved_bytes"] > rows["ep"]["saved_bytes"] > 0
+    assert rows["ep"]["saved_bytes"] < 16 * 2**20  # its parameters and batch, not the storage of the whole split
+
+
+@needs_fmnist
+def test_alignment_quick(tmp_path):
+    out = tmp_path / "alignment.json"
+    proc = run_benchmark("alignment.py", "--quick", *TINY_2C2FC, "--batch", "8", "--hidden", "16", "--thresholds",
+                         "0.01", "--betas", "0.05", "--t1", "20", "--t2", "8", "--train-steps", "1", "--train-batch",
+                         "8", "--train-t1", "5", "--train-t2", "3", "--out", out, cwd=tmp_path)
+    found = verdicts(proc)
+    assert proc.returncode == (1 if "FAIL" in found else 0), explain(proc)  # the verdict sets the exit code
+    rows = records(out)
+    cells = {(r["spiking"], r["pooling"]) for r in rows if r["kind"] == "alignment" and r["param"] == "all"}
+    assert cells == {(s, p) for s in (False, True) for p in ("avg", "max")}
+    assert all(-1.0 <= r["cosine"] <= 1.0 for r in rows if r["kind"] == "alignment")
+    assert {r["layer"] for r in rows if r["kind"] == "activation"} == {"conv1", "conv2"}
+
+
+@needs_fmnist
+def test_time_to_accuracy_quick(tmp_path):
+    out = tmp_path / "time_to_accuracy.json"
+    proc = run_benchmark("time_to_accuracy.py", "--quick", *TINY_2C2FC, "--budget", "1", "--eval-every", "1",
+                         "--test-subset", "200", "--settings", "ours", "ref_at_our_T", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    rows = {r["setting"]: r for r in records(out)}
+    assert set(rows) == {"ours", "ref_at_our_T"}
+    for r in rows.values():
+        assert r["samples"] > 0 and r["test_samples"] == 200 and r["target_accuracy"] <= 0.5
+        assert 0.0 <= r["last_accuracy_2000"] <= 1.0 and r["reached"] == (r["seconds"] is not None)
+
+
+@needs_fmnist
+def test_levers_quick(tmp_path):
+    """The epoch part on a few batches, then the alignment part on a checkpoint of a tiny module."""
+    import torch
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_ep.module import EPLightningModule
+
+    out = tmp_path / "levers.json"
+    proc = run_benchmark("levers.py", "--quick", *TINY_2C2FC, "--part", "epoch", "--train-samples", "128",
+                         "--val-samples", "100", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    rows = records(out)
+    assert len(rows) == 5 and all(r["part"] == "epoch" and 0.0 <= r["val_acc"] <= 1.0 for r in rows)
+
+    module = EPLightningModule(channels=[4, 8], hidden=[16], t1=3, t2=2, scheduler="none")
+    data = DataLoader(TensorDataset(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=8)
+    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(module, data)
+    trainer.save_checkpoint(tmp_path / "tiny.ckpt")
+    out = tmp_path / "levers_alignment.json"
+    proc = run_benchmark("levers.py", "--quick", *TINY_2C2FC, "--part", "alignment", "--checkpoint",
+                         tmp_path / "tiny.ckpt", "--bptt-t1", "20", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    rows = records(out)
+    assert len(rows) == 6 and all(r["part"] == "alignment" and -1.0 <= r["cos_mean"] <= 1.0 for r in rows)
+
+
+@needs_fmnist
+def test_training_record_goes_where_it_is_told(tmp_path):
+    """A two-step recipe run of a tiny network, recorded in a temporary file (never in results/training.json);
+    its logs stay in the temporary working directory."""
+    out = tmp_path / "training.json"
+    proc = run_benchmark(
+        "training.py", "fmnist", "--record", out, "--model.channels=[4, 8]", "--model.hidden=[16]", "--model.t1=4",
+        "--model.t2=2", "--data.train_subset=128", "--data.val_size=64", "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false", "--note", "a test run",
+        cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    (record,) = records(out)
+    assert record["dataset"] == "fashion_mnist" and record["global_steps"] == 2 and not record["complete"]
+    assert (record["channels"], record["hidden"], record["pooling"]) == ([4, 8], [16], "avg")  # read from the net
+    assert record["note"] == "a test run"
+    assert record["curve"] and "alignment_cos_all" in record["curve"][-1]
+    assert 0.0 <= record["test_error"] <= 1.0
+
+
+def test_plot_training_draws_given_records(tmp_path):
+    def run(dataset: str, cos: float) -> dict:
+        curve = [{"epoch": e, "val_acc": 0.5 + 0.1 * e, "val_change_free": 0.01 / (e + 1), "alignment_cos_all": cos,
+                  "alignment_cos_min": cos - 0.1} for e in (0.5, 1.0, 1.5)]
+        return {"dataset": dataset, "method": "ep", "spiking": True, "threshold": 0.01, "pooling": "avg",
+                "hidden": [256], "epochs": 1.5, "complete": True, "test_error": 0.2, "curve": curve}
+
+    results = tmp_path / "training.json"
+    results.write_text(json.dumps([run("fashion_mnist", 0.8), run("mnist", 0.9)]))
+    curves, gradient = tmp_path / "curves.png", tmp_path / "gradient.png"
+    proc = run_benchmark("plot_training.py", "--results", results, "--out", curves, "--gradient-out", gradient,
+                         cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    assert curves.stat().st_size > 10_000 and gradient.stat().st_size > 10_000
