@@ -146,7 +146,7 @@ def main(argv: list[str]) -> dict:
         "test_error": round(1.0 - float(metrics["test/acc"]), 6), "wall_s": round(wall, 1), "hardware": hardware(),
         "command": shlex.join(["python", "benchmarks/training.py", *argv]), "complete": bool(complete),
         **network_summary(cli.model.net),
-        "threshold": hp.threshold, "t1": hp.t1,
+        "threshold": cli.model.net.threshold, "t1": hp.t1,
         "t2": hp.t2, "beta": hp.beta, "loss": hp.loss, "start": hp.start, "omega": hp.omega, "tol": hp.tol,
         "lr": hp.lr,
         "batch_size": data.hparams.batch_size,
