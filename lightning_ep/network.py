@@ -125,22 +125,10 @@ class ConvergentNetwork(nn.Module):
 
     def check_input(self, x: Tensor, y: Tensor | None = None) -> None:
         """Raise a ValueError naming the problem with a batch ``x`` (and labels ``y``: class indices of any integer
-        dtype, which the engine converts to int64)."""
-        if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
-                f"input of shape {tuple(x.shape)} does not match the network's input_shape {self.input_shape}: "
-                f"pass a batch (B, {', '.join(map(str, self.input_shape))})"
-            )
+        dtype, which the engine converts to int64), NaN/inf inputs included."""
+        check_batch(x, y, self.input_shape, self.num_classes)
         if not torch.isfinite(x).all():
             raise ValueError("input contains NaN or inf values: clean the data (e.g. torch.nan_to_num) first")
-        if y is not None:
-            if y.shape != (x.shape[0],) or not is_class_index_dtype(y.dtype):
-                raise ValueError(f"labels must be integer class indices of shape ({x.shape[0]},), got "
-                                 f"{y.dtype} {tuple(y.shape)}: pass one class index per sample (any integer "
-                                 "dtype), not one-hot rows, floats or booleans")
-            if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
-                raise ValueError(f"labels must lie in [0, {self.num_classes}), got range "
-                                 f"[{int(y.min())}, {int(y.max())}]")
 
     def forward(
         self,
@@ -186,6 +174,25 @@ class ConvergentNetwork(nn.Module):
     def total_energy(self, x: Tensor, states: Sequence[Tensor], y: Tensor, beta: float) -> Tensor:
         """Per-sample ``F = E + beta * loss``."""
         return self.energy(x, states) + beta * self.loss(states, y)
+
+
+def check_batch(x: Tensor, y: Tensor | None, input_shape: Sequence[int], num_classes: int) -> None:
+    """Raise a ValueError naming the problem with a batch ``x`` of ``input_shape`` samples (and labels ``y``:
+    integer class indices in ``[0, num_classes)``)."""
+    input_shape = tuple(input_shape)
+    if x.dim() != len(input_shape) + 1 or tuple(x.shape[1:]) != input_shape:
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} does not match the network's input_shape {input_shape}: "
+            f"pass a batch (B, {', '.join(map(str, input_shape))})"
+        )
+    if y is None:
+        return
+    if y.shape != (x.shape[0],) or not is_class_index_dtype(y.dtype):
+        raise ValueError(f"labels must be integer class indices of shape ({x.shape[0]},), got "
+                         f"{y.dtype} {tuple(y.shape)}: pass one class index per sample (any integer "
+                         "dtype), not one-hot rows, floats or booleans")
+    if y.numel() and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
 
 
 def is_class_index_dtype(dtype: torch.dtype) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.csv_metrics import read_csv_metrics
 from helpers.wandb_offline import read_records, run_file
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -65,15 +66,6 @@ def fit(module: pl.LightningModule, callbacks: list[pl.Callback], logger, max_st
                          **kwargs)
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=BATCH))
     return trainer
-
-
-def read_csv_metrics(log_dir: str | Path) -> dict[int, dict[str, float]]:
-    """metrics.csv of a CSVLogger as {step: {key: value}} (empty cells dropped)."""
-    by_step: dict[int, dict[str, float]] = {}
-    with (Path(log_dir) / "metrics.csv").open() as f:
-        for row in csv.DictReader(f):
-            by_step.setdefault(int(row.pop("step")), {}).update({k: float(v) for k, v in row.items() if v != ""})
-    return by_step
 
 
 def all_callbacks(every: int = 2) -> list[pl.Callback]:

@@ -5,7 +5,6 @@ benchmark runs in its smallest mode."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import TINY, PatternDataModule
+from helpers.csv_metrics import read_csv_metrics
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_ep import Conv, ConvergentNetwork, Dense, equilibrium_propagation, free_phase
@@ -42,15 +42,6 @@ from lightning_ep.neuromorphic import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def read_csv_metrics(log_dir: str | Path) -> dict[int, dict[str, float]]:
-    """metrics.csv of a CSVLogger as {step: {key: value}} (empty cells dropped)."""
-    by_step: dict[int, dict[str, float]] = {}
-    with (Path(log_dir) / "metrics.csv").open() as f:
-        for row in csv.DictReader(f):
-            by_step.setdefault(int(row.pop("step")), {}).update({k: float(v) for k, v in row.items() if v != ""})
-    return by_step
 
 
 # -- hand-computed networks ------------------------------------------------------------------------------------------

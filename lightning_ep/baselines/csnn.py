@@ -31,7 +31,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ep.data.sampler import MidEpochResume
 from lightning_ep.module import EPLightningModule
-from lightning_ep.network import is_class_index_dtype
+from lightning_ep.network import check_batch
 from lightning_ep.pooling import check_pooling, pooled_hw
 
 SurrogateName = Literal["fast_sigmoid", "sigmoid", "atan", "straight_through"]
@@ -96,20 +96,6 @@ class CSNNRun:
         steps, batch = self.output_spikes.shape[:2]
         return [count / (batch * steps * neurons) for count, neurons in zip(self.layer_spikes, self.layer_neurons,
                                                                           strict=True)]
-
-
-def check_batch(x: Tensor, y: Tensor | None, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """Raise a ValueError naming the problem with a batch ``x`` (and labels ``y``, integer class indices)."""
-    if x.dim() != len(input_shape) + 1 or tuple(x.shape[1:]) != input_shape:
-        raise ValueError(f"input of shape {tuple(x.shape)} does not match the network's input_shape {input_shape}: "
-                         f"pass a batch (B, {', '.join(map(str, input_shape))})")
-    if y is None:
-        return
-    if y.shape != (x.shape[0],) or not is_class_index_dtype(y.dtype):
-        raise ValueError(f"labels must be integer class indices of shape ({x.shape[0]},), got {y.dtype} "
-                         f"{tuple(y.shape)}: pass one class index per sample, not one-hot rows, floats or booleans")
-    if y.numel() and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
 
 
 def conv_output_shapes(
