@@ -56,9 +56,11 @@ def cpu_name() -> str:
 
 
 def hardware() -> str:
-    """One line naming the CPU, the core count, the torch version and its thread count."""
+    """One line naming the CPU, the core count, the torch version and its thread count (and the GPU, where one is
+    visible to torch)."""
+    gpu = f" | GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu_name()} | {os.cpu_count()} cpus | torch {torch.__version__} | {torch.get_num_threads()} threads "
-            f"| {platform.system()} {platform.release()}")
+            f"| {platform.system()} {platform.release()}{gpu}")
 
 
 def load_average() -> str:

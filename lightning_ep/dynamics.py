@@ -57,13 +57,20 @@ class NetworkState:
 class Relaxation:
     """The end of a phase: the state, the steps run, the last step's largest state change, the spikes sent per
     layer (summed over the batch and the steps; zeros when not spiking) and the last step's mean absolute state
-    change over all neurons of the batch (the largest is set by a few slow neurons; this says how many move)."""
+    change over all neurons of the batch (the largest is set by a few slow neurons; this says how many move).
+    ``mean_s``: the states averaged over the phase's last ``average_last`` steps (``None`` when not asked for)."""
 
     state: NetworkState
     steps: int
     last_change: float
     spikes: list[Tensor] = field(default_factory=list)
     mean_change: float = float("nan")
+    mean_s: list[Tensor] | None = None
+
+    @property
+    def estimate_s(self) -> list[Tensor]:
+        """The states EP evaluates the energy at: the average over the last steps when kept, else the last."""
+        return self.mean_s if self.mean_s is not None else self.state.s
 
 
 class _IndexCache:
@@ -93,17 +100,19 @@ def input_drive(net: ConvergentNetwork, x: Tensor) -> Tensor:
     return net.blocks[0].forward_drive(x)[0]
 
 
-def feedforward_state(net: ConvergentNetwork, x_drive: Tensor) -> tuple[NetworkState, list[Tensor]]:
+def feedforward_state(
+    net: ConvergentNetwork, x_drive: Tensor, dither: torch.Generator | None = None
+) -> tuple[NetworkState, list[Tensor]]:
     """One bottom-up sweep, each layer set to ``clamp(forward drive from the layer below)`` with no feedback:
     a warm start for the free phase that costs about one dynamics step. Also returns the spikes each layer sent
-    (from zero) to reach it."""
+    (from zero) to reach it. ``dither``: the Sigma-Delta dithering generator (see :func:`relax`)."""
     s: list[Tensor] = []
     r: list[Tensor] = []
     sent: list[Tensor] = []
     for i, block in enumerate(net.blocks):
         d = x_drive if i == 0 else block.forward_drive(r[i - 1])[0]
         s.append(d.clamp(0.0, 1.0))
-        r_i, spikes = block.neuron(s[i], None)
+        r_i, spikes = block.neuron(s[i], None, dither)
         r.append(r_i)
         sent.append(x_drive.new_zeros(()) if spikes is None else torch.linalg.vector_norm(spikes.detach(), 1))
     return NetworkState(s, r), sent
@@ -116,12 +125,13 @@ def check_omega(omega: float) -> None:
 
 
 def start_state(
-    net: ConvergentNetwork, x_drive: Tensor, init: NetworkState | StartKind | None
+    net: ConvergentNetwork, x_drive: Tensor, init: NetworkState | StartKind | None,
+    dither: torch.Generator | None = None,
 ) -> tuple[NetworkState, list[Tensor]]:
     """The state a free phase starts from (``None`` means ``'zeros'``) and the spikes sent to reach it (the
     feed-forward sweep sends each layer's reconstruction from zero; zeros otherwise)."""
     if init == "feedforward":
-        return feedforward_state(net, x_drive)
+        return feedforward_state(net, x_drive, dither)
     if isinstance(init, NetworkState):
         state = init
     elif init is None or init == "zeros":
@@ -174,13 +184,19 @@ def relax(
     tol: float | None = None,
     omega: float = 1.0,
     trace: StepRecorder | None = None,
+    dither: torch.Generator | None = None,
+    average_last: int = 0,
 ) -> Relaxation:
     """Run up to ``steps`` steps of the explicit dynamics from ``state``; stops early once the largest state
     change of a step is ``<= tol`` (when given). ``omega`` is the relaxation factor: each update moves a layer to
     ``clamp(s + omega (d - s))`` for its drive ``d`` (1: ``clamp(d)``; in (1, 2): over-relaxation, which can
     settle in fewer steps where layers are strongly coupled). Every omega has the same fixed points; where the
     energy has several, which one is reached may differ. ``trace`` (off by default): a :class:`StepRecorder`
-    given every step's states and spikes (for per-step spike rasters and latency).
+    given every step's states and spikes (for per-step spike rasters and latency). ``dither``: a generator that
+    makes the Sigma-Delta neurons round their graded spike counts stochastically (unbiased transmission; the
+    states then fluctuate around the fixed point by about a threshold). ``average_last``: also return the states
+    averaged over the last that many steps (``Relaxation.mean_s``), which averages that fluctuation out; it needs
+    ``tol=None`` (a phase cut early would have no such window).
     Differentiable (BPTT) when run with autograd enabled."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -189,6 +205,7 @@ def relax(
     if beta != 0.0 and y is None:
         raise ValueError("a nudged phase (beta != 0) needs the labels y")
     check_omega(omega)
+    check_average_last(average_last, steps, tol)
     n = len(state.s)
     y1h = F.one_hot(y, net.num_classes).to(x_drive.dtype) if beta != 0.0 else x_drive
     groups = [list(range(0, n, 2)), list(range(1, n, 2))] if update == "async" else [list(range(n))]
@@ -197,6 +214,7 @@ def relax(
     cache = _IndexCache(n)
     in_place = not torch.is_grad_enabled()  # without autograd, fresh tensors may be updated in place
     change, mean_change, t = float("inf"), float("inf"), 0
+    mean_s: list[Tensor] | None = None
     for t in range(1, steps + 1):
         measure = tol is not None or t == steps
         step_change = x_drive.new_zeros(()) if measure else None
@@ -225,11 +243,17 @@ def relax(
                     step_change = torch.maximum(step_change, delta.max())
                     total_change = total_change + delta.sum()
                 s[i] = s_new
-                r[i], sent = net.blocks[i].neuron(s_new, r[i])
+                r[i], sent = net.blocks[i].neuron(s_new, r[i], dither)
                 if sent is not None:
                     spikes[i] = spikes[i] + torch.linalg.vector_norm(sent.detach(), 1)
                 if step_sent is not None:
                     step_sent[i] = sent
+        if average_last and t > steps - average_last:
+            if mean_s is None:
+                mean_s = [t_.detach().clone() for t_ in s]
+            else:
+                for acc, t_ in zip(mean_s, s, strict=True):
+                    acc.add_(t_.detach())
         if trace is not None:
             trace.record_step(net, s, step_sent)
         if measure:
@@ -237,7 +261,20 @@ def relax(
             if tol is not None and change <= tol:
                 break
     _check_finite(s, change)
-    return Relaxation(NetworkState(s, r), t, change, spikes, mean_change)
+    if mean_s is not None:
+        mean_s = [acc.div_(average_last) for acc in mean_s]
+    return Relaxation(NetworkState(s, r), t, change, spikes, mean_change, mean_s)
+
+
+def check_average_last(average_last: int, steps: int, tol: float | None) -> None:
+    """Raise a ValueError unless ``average_last`` (steps to average the states over) is in [0, steps] and, when
+    positive, ``tol`` is None."""
+    if not isinstance(average_last, int) or isinstance(average_last, bool) or not 0 <= average_last <= steps:
+        raise ValueError(f"average_last (steps to average the states over) must be an integer in [0, {steps}] "
+                         f"(the phase's steps), got {average_last!r}")
+    if average_last and tol is not None:
+        raise ValueError("average_last needs tol=None: a phase stopped early by tol has no last-steps window to "
+                         "average over")
 
 
 def relax_autograd(
@@ -247,9 +284,11 @@ def relax_autograd(
     steps: int,
     beta: float = 0.0,
     y: Tensor | None = None,
+    dither: torch.Generator | None = None,
 ) -> Relaxation:
     """The reference implementations' dynamics: synchronous steps ``s <- clamp(dPhi/ds)``, where
-    ``Phi = -(E - 1/2|s|^2) - beta * loss`` and its gradient is taken by autograd at every step."""
+    ``Phi = -(E - 1/2|s|^2) - beta * loss`` and its gradient is taken by autograd at every step. ``dither``: as
+    in :func:`relax`."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     s, r = list(state.s), list(state.r)
@@ -275,7 +314,7 @@ def relax_autograd(
                 a.numel() for a in new_s)
         s = new_s
         for i in range(n):
-            r[i], sent = net.blocks[i].neuron(s[i], r[i])
+            r[i], sent = net.blocks[i].neuron(s[i], r[i], dither)
             if sent is not None:
                 spikes[i] = spikes[i] + sent.abs().sum()
     _check_finite(s, change)

@@ -10,6 +10,11 @@ The surrogate ``(F(s+, +beta) - F(s-, -beta)) / (2 beta)`` at detached states ha
 plain ``backward()`` (or Lightning's ``manual_backward``) computes it, and any optimizer, gradient clipping and
 DDP's all-reduce work unchanged. ``one_sided`` uses (s0, s+); ``random_sign`` uses (s0, s±) with the sign drawn
 from a ``torch.Generator``.
+
+Dithered Sigma-Delta (``dither``, a generator): the neurons round their spike counts stochastically, so what they
+transmit is unbiased, and both nudged phases replay the same random stream from the free state (common random
+numbers: the noise cancels in the difference). ``average_last`` evaluates the energy at the states averaged over
+the last steps of each phase the estimate uses, which averages the remaining fluctuation out.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from lightning_ep.dynamics import (
     Relaxation,
     StartKind,
     UpdateOrder,
+    check_average_last,
     input_drive,
     relax,
     relax_autograd,
@@ -67,12 +73,14 @@ def check_steps(name: str, steps: int) -> None:
         raise ValueError(f"{name} (number of dynamics steps) must be an integer >= 1, got {steps!r}")
 
 
-def check_dynamics(dynamics: str, update: str, omega: float) -> None:
-    """Raise a ValueError that names a bad choice of dynamics for its update order and relaxation factor."""
+def check_dynamics(dynamics: str, update: str, omega: float, average_last: int = 0) -> None:
+    """Raise a ValueError that names a bad choice of dynamics for its update order, relaxation factor and state
+    averaging."""
     if dynamics not in ("explicit", "autograd"):
         raise ValueError(f"unknown dynamics {dynamics!r}: use 'explicit' or 'autograd'")
-    if dynamics == "autograd" and (update != "sync" or omega != 1.0):
-        raise ValueError("autograd dynamics are the synchronous reference: use update='sync' and omega=1 with them")
+    if dynamics == "autograd" and (update != "sync" or omega != 1.0 or average_last):
+        raise ValueError("autograd dynamics are the synchronous reference: use update='sync', omega=1 and "
+                         "average_last=0 with them")
 
 
 def free_phase(
@@ -84,15 +92,18 @@ def free_phase(
     tol: float | None = None,
     init: NetworkState | StartKind | None = None,
     omega: float = 1.0,
+    dither: torch.Generator | None = None,
+    average_last: int = 0,
 ) -> Relaxation:
     """Relax with ``beta = 0`` from ``init`` (a state, ``'zeros'`` (default) or ``'feedforward'``); no autograd
-    graph is kept. ``omega``: the relaxation factor of :func:`~lightning_ep.dynamics.relax`. A batch ``x`` of the
-    wrong shape, or with NaN/inf, raises a ValueError that names the problem."""
+    graph is kept. ``omega``, ``dither`` and ``average_last``: as in :func:`~lightning_ep.dynamics.relax`. A batch
+    ``x`` of the wrong shape, or with NaN/inf, raises a ValueError that names the problem."""
     check_steps("t1", t1)
     net.check_input(x)
-    check_dynamics(dynamics, update, omega)
+    check_dynamics(dynamics, update, omega, average_last)
+    check_average_last(average_last, t1, tol)
     with torch.no_grad():
-        return _free(net, x, input_drive(net, x), init, t1, update, dynamics, tol, omega)
+        return _free(net, x, input_drive(net, x), init, t1, update, dynamics, tol, omega, dither, average_last)
 
 
 def equilibrium_propagation(
@@ -109,32 +120,42 @@ def equilibrium_propagation(
     generator: torch.Generator | None = None,
     init: NetworkState | StartKind | None = None,
     omega: float = 1.0,
+    dither: torch.Generator | None = None,
+    average_last: int = 0,
 ) -> EPResult:
     """Run the EP phases on a batch and return the surrogate whose parameter gradient is the EP estimate. The
-    labels ``y`` are class indices of any integer dtype."""
+    labels ``y`` are class indices of any integer dtype. ``dither``: the generator of dithered Sigma-Delta
+    (every phase; both nudged phases replay the same stream); ``average_last``: the energy is evaluated at the
+    states averaged over the last that many steps of each phase the estimate uses (the free phase too with the
+    one-sided and random-sign estimators)."""
     check_ep_args(net, beta, t1, t2, estimator)
     net.check_input(x, y)
-    check_dynamics(dynamics, update, omega)
+    check_dynamics(dynamics, update, omega, average_last)
+    check_average_last(average_last, t2 if estimator == "symmetric" else min(t1, t2), tol)
     y = y.long()  # one_hot and cross_entropy take int64 only (no copy when y is int64 already)
     phases: dict[str, Relaxation] = {}
     with torch.no_grad():
         x_drive = input_drive(net, x)
-        phases["free"] = free = _free(net, x, x_drive, init, t1, update, dynamics, tol, omega)
+        free_average = 0 if estimator == "symmetric" else average_last
+        phases["free"] = free = _free(net, x, x_drive, init, t1, update, dynamics, tol, omega, dither, free_average)
         if estimator == "random_sign":
             sign = 1.0 if torch.rand((), generator=generator) < 0.5 else -1.0
             betas = (sign * beta,)
         else:
             betas = (beta, -beta) if estimator == "symmetric" else (beta,)
+        stream = dither.get_state() if dither is not None else None
         for b in betas:
+            if dither is not None:
+                dither.set_state(stream)  # common random numbers: each nudged phase sees the same noise
             phases["positive" if b > 0 else "negative"] = _relax(net, x, x_drive, free.state, t2, b, y, update,
-                                                                 dynamics, tol, omega)
+                                                                 dynamics, tol, omega, dither, average_last)
     if estimator == "symmetric":
-        hi, lo, b_hi, b_lo = phases["positive"].state, phases["negative"].state, beta, -beta
+        hi, lo, b_hi, b_lo = phases["positive"].estimate_s, phases["negative"].estimate_s, beta, -beta
     else:
-        nudged = phases["positive" if betas[0] > 0 else "negative"].state
-        hi, lo, b_hi, b_lo = nudged, free.state, betas[0], 0.0
-    f_hi = net.total_energy(x, [s.detach() for s in hi.s], y, b_hi)
-    f_lo = net.total_energy(x, [s.detach() for s in lo.s], y, b_lo)
+        hi, lo = phases["positive" if betas[0] > 0 else "negative"].estimate_s, free.estimate_s
+        b_hi, b_lo = betas[0], 0.0
+    f_hi = net.total_energy(x, [s.detach() for s in hi], y, b_hi)
+    f_lo = net.total_energy(x, [s.detach() for s in lo], y, b_lo)
     surrogate = ((f_hi - f_lo) / (b_hi - b_lo)).mean()
     if not torch.isfinite(surrogate):
         raise DivergenceError(
@@ -157,10 +178,12 @@ def _free(
     dynamics: Dynamics,
     tol: float | None,
     omega: float,
+    dither: torch.Generator | None = None,
+    average_last: int = 0,
 ) -> Relaxation:
     """The free phase from ``init``; the spikes sent to reach the start state count as the phase's."""
-    state, sent = start_state(net, x_drive, init)
-    free = _relax(net, x, x_drive, state, steps, 0.0, None, update, dynamics, tol, omega)
+    state, sent = start_state(net, x_drive, init, dither)
+    free = _relax(net, x, x_drive, state, steps, 0.0, None, update, dynamics, tol, omega, dither, average_last)
     free.spikes = [a + b for a, b in zip(free.spikes, sent, strict=True)]
     return free
 
@@ -177,7 +200,9 @@ def _relax(
     dynamics: Dynamics,
     tol: float | None,
     omega: float,
+    dither: torch.Generator | None = None,
+    average_last: int = 0,
 ) -> Relaxation:
     if dynamics == "autograd":
-        return relax_autograd(net, x, state, steps, beta, y)
-    return relax(net, x_drive, state, steps, beta, y, update, tol, omega)
+        return relax_autograd(net, x, state, steps, beta, y, dither)
+    return relax(net, x_drive, state, steps, beta, y, update, tol, omega, dither=dither, average_last=average_last)

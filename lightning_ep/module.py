@@ -7,6 +7,7 @@ Validation and test run the free phase only, without autograd (they work under L
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ep.bptt import bptt_loss
 from lightning_ep.data.sampler import MidEpochResume
-from lightning_ep.dynamics import START_KINDS, Relaxation, check_omega
+from lightning_ep.dynamics import START_KINDS, Relaxation, check_average_last, check_omega
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
 
@@ -38,7 +39,10 @@ class EPLightningModule(LightningModule):
     ``t1`` free steps of the same dynamics, or only their last ``bptt_truncate``). ``eval_t1`` free steps for
     validation/test (default ``t1``). Every free phase starts from ``start``: zeros, or a feed-forward sweep
     (``'feedforward'``). ``omega``: the relaxation factor of every update (1: plain block-coordinate descent; in
-    (1, 2): over-relaxation).
+    (1, 2): over-relaxation). ``dither``: dithered Sigma-Delta in EP's training phases (stochastic rounding of the
+    spike counts, the same random stream for both nudged phases; the generator is seeded with ``seed`` and
+    checkpointed); validation, test and prediction round deterministically. ``average_last``: EP evaluates the
+    energy at the states averaged over the last that many steps of each nudged phase.
     Optimisation: ``optimizer`` 'adam' / 'sgd' (with ``lr``, ``weight_decay``, ``momentum``) or a factory that
     takes the parameter groups (``OptimizerCallable``: ``torch.optim.AdamW``, ``functools.partial``, or
     ``class_path``/``init_args`` in a LightningCLI config); ``layer_lrs`` gives one learning rate per block (input
@@ -74,6 +78,8 @@ class EPLightningModule(LightningModule):
         tol: float | None = None,
         start: Literal["zeros", "feedforward"] = "zeros",
         omega: float = 1.0,
+        dither: bool = False,
+        average_last: int = 0,
         optimizer: Literal["adam", "sgd"] | OptimizerCallable = "adam",
         lr: float = 1e-3,
         layer_lrs: Sequence[float] | None = None,
@@ -98,6 +104,10 @@ class EPLightningModule(LightningModule):
             raise ValueError(f"unknown start {start!r}: use one of {START_KINDS}")
         if eval_t1 is not None and eval_t1 < 1:
             raise ValueError(f"eval_t1 must be >= 1 or None, got {eval_t1}")
+        if dither and (method != "ep" or not self.net.spiking or not self.net.blocks[0].neuron.graded):
+            raise ValueError("dither (stochastic rounding of the graded Sigma-Delta spike counts) needs method='ep', "
+                             "threshold > 0 and graded=True")
+        check_average_last(average_last, t2 if estimator == "symmetric" else min(t1, t2), tol)
         if bptt_truncate is not None and (method != "bptt" or not 1 <= bptt_truncate <= t1):
             raise ValueError(f"bptt_truncate (the last free steps BPTT goes through) needs method='bptt' and "
                              f"1 <= bptt_truncate <= t1 ({t1}), got {bptt_truncate} with method={method!r}")
@@ -115,6 +125,8 @@ class EPLightningModule(LightningModule):
         if accumulate_grad_batches < 1:
             raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         self._generator: torch.Generator | None = None
+        self._dither: torch.Generator | None = None  # the dither generator last used (on the module's device then)
+        self._dither_states: dict[str, Tensor] = {}  # kept states by device type: a checkpoint's, or a left device's
         self.train_acc = MulticlassAccuracy(self.net.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(self.net.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.net.num_classes, average="micro")
@@ -157,16 +169,41 @@ class EPLightningModule(LightningModule):
             self._generator = torch.Generator().manual_seed(self.hparams.seed)
         return self._generator
 
+    @property
+    def dither_generator(self) -> torch.Generator | None:
+        """The generator of dithered Sigma-Delta on this module's device (``None`` unless ``dither``), seeded with
+        ``seed``. Its state travels in checkpoints and is kept when the module moves to another device and back
+        (Lightning moves it to the CPU after a GPU fit); a generator cannot move across device types, so a state
+        saved on another type (a CUDA checkpoint resumed on the CPU) is not continued: reseeded, with a warning."""
+        if not self.hparams.get("dither", False):
+            return None
+        if self._dither is not None and self._dither.device == self.device:
+            return self._dither
+        if self._dither is not None:
+            self._dither_states[self._dither.device.type] = self._dither.get_state()
+        generator = torch.Generator(self.device).manual_seed(self.hparams.seed)
+        state = self._dither_states.pop(self.device.type, None)
+        if state is not None:
+            generator.set_state(state)
+        elif self._dither_states:
+            warnings.warn(f"the dither generator's state was saved on {sorted(self._dither_states)}, not on "
+                          f"{self.device.type}: the generator is reseeded with seed={self.hparams.seed}", stacklevel=2)
+        self._dither = generator
+        return generator
+
     def __getstate__(self) -> dict[str, Any]:
         # torch.Generator does not pickle through torch.multiprocessing (ddp_spawn): send its state instead.
         state = self.__dict__.copy()
         generator = state.pop("_generator")
         state["_generator_state"] = generator.get_state() if generator is not None else None
+        dither = state.pop("_dither")
+        if dither is not None:
+            state["_dither_states"] = {**state["_dither_states"], dither.device.type: dither.get_state()}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         generator_state = state.pop("_generator_state", None)
-        super().__setstate__({**state, "_generator": None})
+        super().__setstate__({**state, "_generator": None, "_dither": None})
         if generator_state is not None:
             self.generator.set_state(generator_state)
 
@@ -225,13 +262,18 @@ class EPLightningModule(LightningModule):
                     f"{trainer.accumulate_grad_batches}) instead (--model.accumulate_grad_batches in the recipes)")
         return [MidEpochResume()]
 
-    def run_ep(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> EPResult:
-        """The EP phases on a batch with this module's settings (``generator``: for the random-sign estimator,
-        default the module's own)."""
+    def run_ep(
+        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+        dither_generator: torch.Generator | None = None,
+    ) -> EPResult:
+        """The EP phases on a batch with this module's settings (``generator``: for the random-sign estimator;
+        ``dither_generator``: for dithered Sigma-Delta, used only with ``dither=True``; by default the module's
+        own, so a caller that must not move the training streams, like a callback, passes its own)."""
         hp = self.hparams
+        dither = (dither_generator or self.dither_generator) if hp.get("dither", False) else None
         return equilibrium_propagation(
             self.net, x, y, hp.beta, hp.t1, hp.t2, hp.estimator, hp["update"], hp.dynamics, hp.tol,
-            generator or self.generator, hp.start, hp.omega,
+            generator or self.generator, hp.start, hp.omega, dither, hp.get("average_last", 0),
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -325,7 +367,16 @@ class EPLightningModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ep_generator_state"] = self.generator.get_state()
+        if self.hparams.get("dither", False):
+            # the generator last used (after a GPU fit the module is back on the CPU, its generator still CUDA's)
+            generator = self._dither or self.dither_generator
+            checkpoint["dither_generator_state"] = generator.get_state()
+            checkpoint["dither_generator_device"] = generator.device.type
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # generator states are CPU byte tensors, whatever load_from_checkpoint's map_location moved them to
         if "ep_generator_state" in checkpoint:
-            self.generator.set_state(checkpoint["ep_generator_state"])
+            self.generator.set_state(checkpoint["ep_generator_state"].cpu())
+        if "dither_generator_state" in checkpoint:
+            device = checkpoint.get("dither_generator_device", "cpu")
+            self._dither, self._dither_states = None, {device: checkpoint["dither_generator_state"].cpu()}

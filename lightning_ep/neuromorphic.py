@@ -62,7 +62,7 @@ from lightning_ep.network import ConvergentNetwork
 
 
 @lru_cache(maxsize=64)
-def _windows(hw: tuple[int, int], kernel: int, stride: int, padding: int) -> tuple[Tensor, Tensor]:
+def conv_windows(hw: tuple[int, int], kernel: int, stride: int, padding: int) -> tuple[Tensor, Tensor]:
     """A ``kernel`` x ``kernel`` window sliding with ``stride`` over a zero-padded ``hw`` map: per map position, the
     windows that contain it; per window (an output position), its in-bound taps. Both float64."""
     ones = torch.ones(1, 1, *hw, dtype=torch.float64)
@@ -85,7 +85,7 @@ def forward_fan_out(block: nn.Module) -> Tensor:
     if isinstance(block, SpikingLinear):
         return torch.full(block.in_shape, float(block.out_shape[0]), dtype=torch.float64)
     if isinstance(block, SpikingConv2d):
-        covering, _ = _windows(block.in_shape[1:], *_engine_conv(block))
+        covering, _ = conv_windows(block.in_shape[1:], *_engine_conv(block))
         return (covering * block.out_shape[0]).expand(block.in_shape).clone()
     raise TypeError(f"no fan-out for {type(block).__name__}: use SpikingConv2d or SpikingLinear blocks")
 
@@ -96,7 +96,7 @@ def feedback_fan_out(block: nn.Module) -> Tensor:
     if isinstance(block, SpikingLinear):
         return torch.full(block.out_shape, float(block.linear.in_features), dtype=torch.float64)
     if isinstance(block, SpikingConv2d):
-        _, taps = _windows(block.in_shape[1:], *_engine_conv(block))
+        _, taps = conv_windows(block.in_shape[1:], *_engine_conv(block))
         if block.pooling == "max":
             k = block.pool_size
             taps = F.avg_pool2d(taps[None, None], k)[0, 0]

@@ -4,6 +4,11 @@ The sender keeps ``r``, the value its receivers hold. Each step it emits the cha
 size ``threshold`` and both sides add what was sent to ``r``; receivers compute with ``r``, never with ``s``.
 ``threshold == 0`` is the non-spiking network (``r = s``): spiking is this one switch, not a second code path.
 The neuron keeps no state of its own (unlike snnTorch's ``mem`` buffers): ``r`` is passed in and returned.
+
+Dithering (graded spikes, a ``torch.Generator`` passed per call): the spike count is rounded stochastically,
+``floor((s - r) / threshold + u)`` with ``u ~ U[0, 1)``, so what the receivers hold equals the state in
+expectation (deterministic rounding is off by up to ``threshold / 2`` at a fixed point). The caller owns the
+generator (its seed and its state), so the neuron stays stateless.
 """
 
 from __future__ import annotations
@@ -21,6 +26,15 @@ _DEFAULT_SPIKE_GRAD: SpikeFunction = snn_surrogate.atan()
 def round_straight_through(q: Tensor) -> Tensor:
     """``round(q)`` forward, identity backward (straight-through estimator)."""
     return q + (torch.round(q) - q).detach()
+
+
+def dithered_round(q: Tensor, generator: torch.Generator) -> Tensor:
+    """``floor(q + u)``, ``u ~ U[0, 1)`` from ``generator``: rounds up with probability ``frac(q)``, so its
+    expectation is ``q``. Identity backward (straight-through)."""
+    u = torch.rand(q.shape, generator=generator, device=q.device, dtype=q.dtype)
+    if not torch.is_grad_enabled():
+        return u.add_(q).floor_()
+    return q + (torch.floor(q + u) - q).detach()
 
 
 class SigmaDelta(nn.Module):
@@ -54,11 +68,20 @@ class SigmaDelta(nn.Module):
     def spiking(self) -> bool:
         return self._threshold > 0.0
 
-    def forward(self, s: Tensor, r: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, s: Tensor, r: Tensor | None, dither: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Encode ``s`` against the receivers' value ``r``; returns the new ``r`` and the signed spike counts
-        (``None`` when not spiking). ``r=None`` means the receivers hold zeros."""
+        (``None`` when not spiking). ``r=None`` means the receivers hold zeros. ``dither``: a generator for
+        stochastic rounding of graded spikes (see the module docstring); ``None`` rounds to the nearest count."""
         if not self.spiking:
             return s, None
+        if dither is not None:
+            if not self.graded:
+                raise ValueError("dithering rounds the graded spike count: use graded=True with dither")
+            q = dithered_round((s if r is None else s - r) / self._threshold, dither)
+            sent = q * self._threshold
+            return (sent if r is None else r + sent), q
         if self.graded and not torch.is_grad_enabled():
             # the same arithmetic in fewer passes, for the phases that run without autograd
             q = (s.clone() if r is None else torch.sub(s, r)).div_(self._threshold).round_()

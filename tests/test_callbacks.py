@@ -403,6 +403,26 @@ def test_alignment_on_a_held_out_batch(tmp_path):
     assert cos >= 0.99
 
 
+def test_alignment_leaves_the_dither_stream_alone(tmp_path):
+    """A dithered module measured on a held-out batch draws the callback's own noise: its training (which draws from
+    the module's dither generator every step) ends exactly as without the callback."""
+    x, y = dataset()
+    vx, vy = dataset(12)
+    alignment = GradientAlignment(every_n_steps=1, plot=False, held_out=8)
+    dithered = {**ALIGNED, "threshold": 0.05, "dither": True, "average_last": 10}
+    modules = [make_module(**dithered), make_module(**dithered)]
+    for module, callbacks in zip(modules, ([alignment], []), strict=True):
+        trainer = pl.Trainer(max_steps=3, logger=False, callbacks=callbacks, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
+                             limit_val_batches=0, default_root_dir=tmp_path)
+        trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=BATCH),
+                    DataLoader(TensorDataset(vx, vy), batch_size=5))
+    assert alignment.steps == [0, 1, 2]
+    for a, b in zip(modules[0].parameters(), modules[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(modules[0].dither_generator.get_state(), modules[1].dither_generator.get_state())
+
+
 def test_alignment_held_out_needs_enough_validation_data(tmp_path):
     x, y = dataset()
     trainer = pl.Trainer(max_steps=1, logger=False, callbacks=[GradientAlignment(held_out=50)],

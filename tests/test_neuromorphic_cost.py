@@ -360,10 +360,67 @@ def test_benchmark_runs_in_its_smallest_mode(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads(out.read_text())
-    assert [r["threshold"] for r in records] == [0.003, 0.01, 0.03] and all(r["samples"] == 40 for r in records)
+    assert [r["threshold"] for r in records] == [0.003, 0.01, 0.03, None] and all(r["samples"] == 40 for r in records)
+    assert [r["kind"] for r in records] == ["ep"] * 3 + ["snntorch_csnn"]
     for r in records:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["dense_macs_per_inference"] > 0 and "hardware" in r
         assert r["synops_per_inference"] == pytest.approx(sum(r["synops_per_layer"]))
         assert {f"acc_at_{t}" for t in (5, 10, 20, 30)} <= set(r)
     assert records[0]["spikes_per_inference"] > records[2]["spikes_per_inference"]  # a finer threshold spikes more
+    csnn = records[3]  # 10 presentation steps: the cuts at 20 and 30 are not run
+    assert csnn["steps"] == 10 and csnn["acc_at_20"] is None and csnn["acc_at_10"] == csnn["accuracy"]
+    assert csnn["synops_at_5"] <= csnn["synops_at_10"] == pytest.approx(csnn["synops_per_inference"])
     assert "| network | θ |" in done.stdout and figure.stat().st_size > 10_000
+
+
+# -- snnTorch's conv SNN baseline ------------------------------------------------------------------------------------
+
+
+def test_csnn_cost_against_hand_counts():
+    """A CSNN 1x8x8 -> conv 2 (3x3, padding 1, avg pool: 2x4x4) -> conv 3 (3x3, padding 1, avg pool: 3x2x2) ->
+    dense 5 -> 2 outputs. Fan-outs by hand: a conv1 neuron reaches 3 x (the 3x3 padded windows of the 4x4 map that
+    contain it: 4 at a corner, 6 on an edge, 9 inside); a conv2 neuron the 5 dense neurons; a hidden one the 2
+    outputs; an output nothing. Dense MACs a step: 3*2*100 + 12*5 + 5*2 = 670 (the padded 3x3 windows of a 4x4 map
+    hold 10 x 10 = 100 in-bound taps); input MACs, the in-bound taps of conv1 on the 8x8 image: 2 * 1 * 22 * 22."""
+    from lightning_ep.baselines import CSNNRun, SnnTorchCSNN
+    from lightning_ep.baselines.csnn_cost import csnn_accuracy_at_steps, csnn_cost, csnn_fan_out, csnn_input_macs
+
+    module = SnnTorchCSNN(input_shape=(1, 8, 8), num_classes=2, channels=(2, 3), kernel_size=3, padding=1,
+                          hidden=(5,), num_steps=3)
+    fan = csnn_fan_out(module)
+    corner_edge_inside = torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]], dtype=torch.float64)
+    assert torch.equal(fan[0], (3 * corner_edge_inside).expand(2, 4, 4))
+    assert torch.equal(fan[1], torch.full((3, 2, 2), 5.0, dtype=torch.float64))
+    assert torch.equal(fan[2], torch.full((5,), 2.0, dtype=torch.float64))
+    assert torch.equal(fan[3], torch.zeros(2, dtype=torch.float64))
+    assert csnn_input_macs(module) == 2 * 1 * 22 * 22
+
+    conv1 = torch.zeros(2, 2, 4, 4)
+    conv1[0, 1, 0, 0] = 2.0  # a corner neuron of sample 0 spiked twice: 2 * 3 * 4 SynOps
+    conv1[1, 0, 1, 2] = 1.0  # an inner neuron of sample 1 once: 3 * 9
+    conv2, hidden = torch.ones(2, 3, 2, 2), torch.tensor([[1.0, 0, 0, 0, 3], [0, 0, 0, 0, 0]])
+    out_steps = torch.tensor([[[0.0, 1], [0, 0]], [[1, 0], [1, 0]], [[1, 0], [0, 0]]])  # (T=3, B=2, C=2)
+    run = CSNNRun(out_steps, torch.zeros(3, 2, 2), [], [], [conv1, conv2, hidden, out_steps.sum(0)])
+    cost = csnn_cost(module, run)
+    assert cost.spikes == [3.0, 24.0, 4.0, 4.0]
+    assert cost.synops == [2 * 3 * 4 + 3 * 9, 24 * 5, 4 * 2, 0.0]
+    assert cost.dense_macs == [3 * 2 * 100 * 2 * 3, 12 * 5 * 2 * 3, 5 * 2 * 2 * 3, 0.0]
+    assert cost.input_macs == 2 * csnn_input_macs(module)
+    # sample 0: counts (0,1) -> (1,1) -> (2,1): argmax 1, 0, 0 -> stable from step 2; sample 1: 0 every step -> 1
+    assert cost.latency.tolist() == [2, 1]
+    assert csnn_accuracy_at_steps(run, torch.tensor([0, 0]), [1, 2, 3, 30]) == {1: 0.5, 2: 1.0, 3: 1.0, 30: 1.0}
+
+
+def test_csnn_simulate_cut_is_the_same_run_stopped_earlier():
+    from lightning_ep.baselines import SnnTorchCSNN
+
+    torch.manual_seed(0)
+    module = SnnTorchCSNN(input_shape=(1, 8, 8), num_classes=2, channels=(2,), kernel_size=3, hidden=(5,),
+                          num_steps=6, threshold=0.2)
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        whole, cut = module.simulate(x), module.simulate(x, steps=4)
+    assert torch.equal(cut.output_spikes, whole.output_spikes[:4])
+    assert sum(float(n.sum()) for n in whole.neuron_spikes) > 0, "the example should spike"
+    with pytest.raises(ValueError, match="steps"):
+        module.simulate(x, steps=0)

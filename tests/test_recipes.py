@@ -158,3 +158,40 @@ def test_every_config_parses_and_trains_a_step(config, tmp_path, monkeypatch, re
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 1
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+
+@needs_fmnist
+def test_recipe_with_neuromorphic_callbacks_logs_counts_and_raster(tmp_path, monkeypatch):
+    """The FashionMNIST recipe with ``NeuromorphicCostMonitor`` and ``ActivationDiagnostics`` added on the command
+    line logs the SynOps / spike counts (train and test) and the spike raster image to W&B (offline, read back)."""
+    import wandb
+
+    wandb.teardown()
+    monkeypatch.chdir(tmp_path)
+    callbacks = ["--trainer.callbacks+=lightning_ep.callbacks.NeuromorphicCostMonitor",
+                 "--trainer.callbacks.every_n_steps=2", "--trainer.callbacks.traced_samples=8",
+                 "--trainer.callbacks+=lightning_ep.callbacks.ActivationDiagnostics",
+                 "--trainer.callbacks.every_n_steps=2"]
+    run_recipe(FashionMNISTDataModule, ROOT / "recipes" / "configs" / "fmnist_demo.yaml", "test",
+               args=[*SMALL, "--trainer.max_steps=3", "--trainer.log_every_n_steps=1", *callbacks])
+    records = read_records(run_file(tmp_path / "runs"))
+    logged = {k for row in records["history"] for k in row} | set(records["summary"])
+    assert {"train/cost/synops", "train/cost/spikes", "train/cost/dense_macs", "train/cost/latency",
+            "train/cost/synops_free", "test/cost/synops", "test/cost/latency"} <= logged, sorted(logged)
+    synops = [row["train/cost/synops"] for row in records["history"] if "train/cost/synops" in row]
+    assert synops and all(v > 0 for v in synops)
+    assert any(k.startswith("activations/raster") for k in logged), "the spike raster was not logged"
+    rasters = list((tmp_path / "runs").rglob("media/images/activations/raster*.png"))
+    assert rasters, "no raster image was written by the W&B run"
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "recipes" / "configs").glob("*_[cp][pa]*.yaml")
+                                          if "csnn" not in p.name))
+def test_result_configs_state_every_setting_of_the_demo_config(config):
+    """The CPU and paper configs are read over their dataset's demo config (``--config`` on top of the recipe's
+    default). Every model setting the demo config makes must be stated in them, or a later change of the demo
+    (as its move to the feed-forward start and omega 1.3 did) silently changes the runs they reproduce."""
+    dataset = config.split("_")[0]
+    demo = yaml.safe_load((ROOT / "recipes" / "configs" / f"{dataset}_demo.yaml").read_text())["model"]
+    full = yaml.safe_load((ROOT / "recipes" / "configs" / config).read_text())["model"]
+    assert not set(demo) - set(full), f"{config} inherits {sorted(set(demo) - set(full))} from {dataset}_demo.yaml"

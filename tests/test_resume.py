@@ -156,6 +156,18 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path):
     _assert_same(straight, cut, resumed)
 
 
+def test_dithered_run_resumes_exactly(tmp_path):
+    """Dithered Sigma-Delta draws from the module's own generator every step: a run cut by max_steps and resumed
+    from its checkpoint continues that stream and ends with the uninterrupted run's parameters."""
+    kw = {"scheduler": "none", "threshold": 0.05, "dither": True, "average_last": 4}
+    straight = _fit(tmp_path / "a", PatternDataModule(), [], model_kw=kw)
+    cut = _fit(tmp_path / "b", PatternDataModule(), [], model_kw=kw, max_steps=3)
+    cut[1].save_checkpoint(tmp_path / "cut.ckpt")
+    resumed = _fit(tmp_path / "c", PatternDataModule(), [], tmp_path / "cut.ckpt", model_kw=kw)
+    _assert_same(straight, cut, resumed)
+    assert torch.equal(straight[0].dither_generator.get_state(), resumed[0].dither_generator.get_state())
+
+
 def _tiny_mnist(directory: Path) -> None:
     """30 training and 10 test 28x28 images of 4 patterns plus noise, as IDX files."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -79,12 +79,14 @@ class CSNNRun:
 
     ``output_spikes`` and ``output_membrane``: the output layer's spikes and membrane at every step, (T, B, C);
     ``layer_spikes``: every spiking layer's total spike count over the batch and the steps (detached scalars, input
-    side first); ``layer_neurons``: the neurons of each layer per sample."""
+    side first); ``layer_neurons``: the neurons of each layer per sample; ``neuron_spikes``: each layer's spikes per
+    neuron and sample summed over the steps, (B, *layer shape), detached (for exact synaptic-operation counts)."""
 
     output_spikes: Tensor
     output_membrane: Tensor
     layer_spikes: list[Tensor]
     layer_neurons: list[int]
+    neuron_spikes: list[Tensor]
 
     @property
     def spike_counts(self) -> Tensor:
@@ -224,14 +226,17 @@ class SnnTorchCSNN(LightningModule):
             return drive
         return self.dense[layer - len(self.convs)](inputs.flatten(1))
 
-    def simulate(self, x: Tensor) -> CSNNRun:
-        """Present ``x`` for ``num_steps`` steps from zero membranes (autograd follows the caller's mode)."""
+    def simulate(self, x: Tensor, steps: int | None = None) -> CSNNRun:
+        """Present ``x`` for ``num_steps`` steps (or ``steps``: the same run cut earlier) from zero membranes
+        (autograd follows the caller's mode)."""
         check_batch(x, None, self.input_shape, self.hparams.num_classes)
         image_current = self._current(0, x)  # the image is static: its current is the same at every step
         membranes: list[Tensor | None] = [None] * len(self.neurons)
-        layer_spikes = [x.new_zeros(()) for _ in self.neurons]
+        neuron_spikes: list[Tensor] = [x.new_zeros(()) for _ in self.neurons]
         output_spikes, output_membrane = [], []
-        for _ in range(self.hparams.num_steps):
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be >= 1 or None (num_steps), got {steps}")
+        for _ in range(self.hparams.num_steps if steps is None else steps):
             spikes = x
             for layer, neuron in enumerate(self.neurons):
                 current = image_current if layer == 0 else self._current(layer, spikes)
@@ -239,13 +244,13 @@ class SnnTorchCSNN(LightningModule):
                 if membrane is None:
                     membrane = torch.zeros_like(current)
                 spikes, membranes[layer] = neuron(current, membrane)
-                layer_spikes[layer] = layer_spikes[layer] + spikes.detach().sum()
+                neuron_spikes[layer] = neuron_spikes[layer] + spikes.detach()
             output_spikes.append(spikes)
             output_membrane.append(membranes[-1])
         for neuron in self.neurons:  # snn.Leaky keeps the last membrane (and its graph): drop it
             neuron.mem = x.new_zeros(0)
-        return CSNNRun(torch.stack(output_spikes), torch.stack(output_membrane), layer_spikes,
-                       list(self.layer_neurons))
+        return CSNNRun(torch.stack(output_spikes), torch.stack(output_membrane), [n.sum() for n in neuron_spikes],
+                       list(self.layer_neurons), neuron_spikes)
 
     def forward(self, x: Tensor) -> Tensor:
         """Output spike counts per class (B, C) over the ``num_steps`` steps: ``argmax(1)`` predicts."""

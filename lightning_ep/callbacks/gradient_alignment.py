@@ -185,7 +185,8 @@ class GradientAlignment(Callback):
         if self._held_out_batch is not None:
             x, y = self._held_out_batch
             with torch.enable_grad():
-                ep = _grads(module.run_ep(x, y, torch.Generator().manual_seed(self._step)).surrogate, params)
+                ep = _grads(module.run_ep(x, y, torch.Generator().manual_seed(self._step),
+                                           torch.Generator(module.device).manual_seed(self._step)).surrogate, params)
             ep = self._mean_over_ranks(trainer, ep, params)
         else:
             scaler = getattr(trainer.precision_plugin, "scaler", None)
