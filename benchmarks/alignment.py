@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--t1", type=int, default=None, help="free steps of EP and BPTT (quick 150, full 300)")
     p.add_argument("--t2", type=int, default=None, help="nudged steps (quick 40, full 100)")
     p.add_argument("--average-last", type=int, default=None,
-                   help="dithered cells: nudged steps whose states are averaged (quick 20, full 60)")
+                   help="dithered cells: nudged steps whose states are averaged (default the last 3/5 of T2: quick "
+                        "24, full 60)")
     p.add_argument("--poolings", nargs="+", choices=POOLINGS, default=list(POOLINGS))
     p.add_argument("--no-dither", action="store_true", help="skip the dithered cells")
     p.add_argument("--train-steps", type=int, default=None, help="EP training steps per pooling (quick 10, full 60)")
@@ -105,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.betas = args.betas or ([0.01, 0.05] if quick else [0.01, 0.05, 0.2])
     args.t1 = args.t1 or (150 if quick else 300)
     args.t2 = args.t2 or (40 if quick else 100)
-    args.average_last = args.average_last or (20 if quick else 60)
+    args.average_last = args.average_last or max(1, 3 * args.t2 // 5)
     args.train_steps = args.train_steps if args.train_steps is not None else (10 if quick else 60)
     args.dtype = args.dtype or "float64"
     return args
