@@ -246,7 +246,7 @@ def measure_cell(
         extra["nudge_jump_max"] = float(jumps.max())
         extra["jump_samples"] = int((jumps > 2.0).sum())
         rows = compare(g_ep, g_bptt)
-        to_nonspiking = compare(g_ep, g_nonspiking if g_nonspiking is not None else g_bptt)
+        to_nonspiking = rows if g_nonspiking is None else compare(g_ep, g_nonspiking)
         for row, other in zip(rows, to_nonspiking, strict=True):
             row["cosine_nonspiking"], row["norm_ratio_nonspiking"] = other["cosine"], other["norm_ratio"]
         align += [{"kind": "alignment", **cell, **row, **extra} for row in rows]

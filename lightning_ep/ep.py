@@ -55,8 +55,12 @@ class EPResult:
     free_state: NetworkState
 
 
-def check_ep_args(net: ConvergentNetwork, beta: float, t1: int, t2: int, estimator: str) -> None:
-    """Raise a ValueError that names a bad EP setting."""
+def check_ep_args(
+    net: ConvergentNetwork, beta: float, t1: int, t2: int, estimator: str, average_last: int = 0,
+    tol: float | None = None,
+) -> None:
+    """Raise a ValueError that names a bad EP setting (``average_last`` against the phases it averages: the
+    nudged ones, and the free one too unless the estimator is symmetric)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}: use one of {ESTIMATORS}")
     if not (beta > 0.0 and beta < float("inf")):
@@ -65,6 +69,7 @@ def check_ep_args(net: ConvergentNetwork, beta: float, t1: int, t2: int, estimat
         raise ValueError(f"beta must be < 1 with the mse output and a -beta phase (1 - beta > 0), got {beta}")
     check_steps("t1", t1)
     check_steps("t2", t2)
+    check_average_last(average_last, t2 if estimator == "symmetric" else min(t1, t2), tol)
 
 
 def check_steps(name: str, steps: int) -> None:
@@ -128,10 +133,9 @@ def equilibrium_propagation(
     (every phase; both nudged phases replay the same stream); ``average_last``: the energy is evaluated at the
     states averaged over the last that many steps of each phase the estimate uses (the free phase too with the
     one-sided and random-sign estimators)."""
-    check_ep_args(net, beta, t1, t2, estimator)
+    check_ep_args(net, beta, t1, t2, estimator, average_last, tol)
     net.check_input(x, y)
     check_dynamics(dynamics, update, omega, average_last)
-    check_average_last(average_last, t2 if estimator == "symmetric" else min(t1, t2), tol)
     y = y.long()  # one_hot and cross_entropy take int64 only (no copy when y is int64 already)
     phases: dict[str, Relaxation] = {}
     with torch.no_grad():

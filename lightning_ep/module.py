@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ep.bptt import bptt_loss
 from lightning_ep.data.sampler import MidEpochResume
-from lightning_ep.dynamics import START_KINDS, Relaxation, check_average_last, check_omega
+from lightning_ep.dynamics import START_KINDS, Relaxation, check_omega
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
 
@@ -98,7 +98,7 @@ class EPLightningModule(LightningModule):
             input_shape, num_classes, channels, kernel_size, padding, pooling, hidden, layers, loss, threshold, graded)
         if method not in ("ep", "bptt"):
             raise ValueError(f"unknown method {method!r}: use 'ep' or 'bptt'")
-        check_ep_args(self.net, beta, t1, t2, estimator)
+        check_ep_args(self.net, beta, t1, t2, estimator, average_last, tol)
         check_omega(omega)
         if start not in START_KINDS:
             raise ValueError(f"unknown start {start!r}: use one of {START_KINDS}")
@@ -107,7 +107,6 @@ class EPLightningModule(LightningModule):
         if dither and (method != "ep" or not self.net.spiking or not self.net.blocks[0].neuron.graded):
             raise ValueError("dither (stochastic rounding of the graded Sigma-Delta spike counts) needs method='ep', "
                              "threshold > 0 and graded=True")
-        check_average_last(average_last, t2 if estimator == "symmetric" else min(t1, t2), tol)
         if bptt_truncate is not None and (method != "bptt" or not 1 <= bptt_truncate <= t1):
             raise ValueError(f"bptt_truncate (the last free steps BPTT goes through) needs method='bptt' and "
                              f"1 <= bptt_truncate <= t1 ({t1}), got {bptt_truncate} with method={method!r}")

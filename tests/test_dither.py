@@ -8,7 +8,16 @@ import torch
 from conftest import TINY, PatternDataModule
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_ep import Conv, ConvergentNetwork, Dense, NetworkState, SigmaDelta, equilibrium_propagation, relax
+from lightning_ep import (
+    Conv,
+    ConvergentNetwork,
+    Dense,
+    NetworkState,
+    SigmaDelta,
+    bptt_loss,
+    equilibrium_propagation,
+    relax,
+)
 from lightning_ep.dynamics import input_drive
 from lightning_ep.module import EPLightningModule
 
@@ -162,8 +171,6 @@ def test_dithered_spiking_ep_agrees_with_bptt_at_threshold_0_01():
     every tensor. Deterministic rounding at the same settings misses the per-tensor bound (measured 0.87 to the
     non-spiking, 0.89 to the spiking gradient), so the bound is not met by spiking EP as such. (Measured with
     dithering: 0.9991 / 0.9973 to the non-spiking, 0.9920 / 0.9841 to the spiking gradient.)"""
-    from lightning_ep import bptt_loss
-
     torch.manual_seed(0)
     net = ConvergentNetwork((1, 12, 12), [Conv(6, 3, pooling="avg"), Conv(8, 3, padding=1, pooling="avg"),
                                           Dense(24)], NUM_CLASSES, "mse", 0.0).double()

@@ -400,7 +400,7 @@ def test_csnn_cost_against_hand_counts():
     conv1[1, 0, 1, 2] = 1.0  # an inner neuron of sample 1 once: 3 * 9
     conv2, hidden = torch.ones(2, 3, 2, 2), torch.tensor([[1.0, 0, 0, 0, 3], [0, 0, 0, 0, 0]])
     out_steps = torch.tensor([[[0.0, 1], [0, 0]], [[1, 0], [1, 0]], [[1, 0], [0, 0]]])  # (T=3, B=2, C=2)
-    run = CSNNRun(out_steps, torch.zeros(3, 2, 2), [], [], [conv1, conv2, hidden, out_steps.sum(0)])
+    run = CSNNRun(out_steps, torch.zeros(3, 2, 2), [], [conv1, conv2, hidden, out_steps.sum(0)])
     cost = csnn_cost(module, run)
     assert cost.spikes == [3.0, 24.0, 4.0, 4.0]
     assert cost.synops == [2 * 3 * 4 + 3 * 9, 24 * 5, 4 * 2, 0.0]

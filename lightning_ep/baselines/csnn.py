@@ -78,15 +78,18 @@ class CSNNRun:
     """One presentation of a batch for ``num_steps`` steps.
 
     ``output_spikes`` and ``output_membrane``: the output layer's spikes and membrane at every step, (T, B, C);
-    ``layer_spikes``: every spiking layer's total spike count over the batch and the steps (detached scalars, input
-    side first); ``layer_neurons``: the neurons of each layer per sample; ``neuron_spikes``: each layer's spikes per
-    neuron and sample summed over the steps, (B, *layer shape), detached (for exact synaptic-operation counts)."""
+    ``layer_neurons``: the neurons of each layer per sample; ``neuron_spikes``: each layer's spikes per neuron and
+    sample summed over the steps, (B, *layer shape), detached (input side first)."""
 
     output_spikes: Tensor
     output_membrane: Tensor
-    layer_spikes: list[Tensor]
     layer_neurons: list[int]
     neuron_spikes: list[Tensor]
+
+    @property
+    def layer_spikes(self) -> list[Tensor]:
+        """Every spiking layer's total spike count over the batch and the steps (detached scalars)."""
+        return [n.sum() for n in self.neuron_spikes]
 
     @property
     def spike_counts(self) -> Tensor:
@@ -249,8 +252,8 @@ class SnnTorchCSNN(LightningModule):
             output_membrane.append(membranes[-1])
         for neuron in self.neurons:  # snn.Leaky keeps the last membrane (and its graph): drop it
             neuron.mem = x.new_zeros(0)
-        return CSNNRun(torch.stack(output_spikes), torch.stack(output_membrane), [n.sum() for n in neuron_spikes],
-                       list(self.layer_neurons), neuron_spikes)
+        return CSNNRun(torch.stack(output_spikes), torch.stack(output_membrane), list(self.layer_neurons),
+                       neuron_spikes)
 
     def forward(self, x: Tensor) -> Tensor:
         """Output spike counts per class (B, C) over the ``num_steps`` steps: ``argmax(1)`` predicts."""
