@@ -6,7 +6,7 @@ controls that change one thing at a time.
 Every setting trains the same spiking 2C2FC network (hidden 256, avg pooling, Sigma-Delta threshold 0.01) from the
 same initial weights on the same batches (Adam, lr 1e-3 constant, batch 64, symmetric estimator):
   ours            explicit closed-form dynamics, async (even/odd) updates over-relaxed (omega 1.3), free phase
-                  from a feed-forward sweep, T1=12, T2=8 (``recipes/configs/fmnist_paper.yaml``)
+                  from a feed-forward sweep, T1=12, T2=8 (``recipes/configs/fmnist_feedforward.yaml``)
   reference       autograd-of-energy dynamics, synchronous updates, from zeros, T1=200, T2=10, beta 0.2 (as in the
                   reference scripts)
   ours_at_ref_T   control: our engine and start at the reference's T1=200, T2=10

@@ -15,6 +15,7 @@ from lightning_ep.neuromorphic import (
     training_step_cost,
 )
 from lightning_ep.sigma_delta import SigmaDelta
+from lightning_ep.stability import active_coupling_eigenvalue
 
 __all__ = [
     "BPTTResult",
@@ -31,6 +32,7 @@ __all__ = [
     "SpikingConv2d",
     "SpikingLinear",
     "StepTrace",
+    "active_coupling_eigenvalue",
     "bptt_loss",
     "equilibrium_propagation",
     "free_phase",

@@ -22,8 +22,11 @@ from lightning_ep.data.sampler import MidEpochResume
 from lightning_ep.dynamics import START_KINDS, Relaxation, check_omega
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
+from lightning_ep.stability import curvature_penalty
 
 Method = Literal["ep", "bptt"]
+CURVATURE_SAMPLES = 8  # training samples a batch whose free state's curvature is penalised (curvature_bound)
+CURVATURE_ITERS = 10  # power-iteration rounds for their largest eigenvalue
 
 
 class EPLightningModule(LightningModule):
@@ -42,7 +45,11 @@ class EPLightningModule(LightningModule):
     (1, 2): over-relaxation). ``dither``: dithered Sigma-Delta in EP's training phases (stochastic rounding of the
     spike counts, the same random stream for both nudged phases; the generator is seeded with ``seed`` and
     checkpointed); validation, test and prediction round deterministically. ``average_last``: EP evaluates the
-    energy at the states averaged over the last that many steps of each nudged phase.
+    energy at the states averaged over the last that many steps of each nudged phase. ``curvature_bound``: adds
+    ``curvature_weight`` times a penalty on the training samples whose free state is too close to a saddle of the
+    energy (largest eigenvalue of the coupling over the active units above the bound, on the first
+    ``CURVATURE_SAMPLES`` samples of each batch; ``lightning_ep.stability``), so that the relaxation stays a fast
+    contraction as the weights grow; average pooling or none.
     Optimisation: ``optimizer`` 'adam' / 'sgd' (with ``lr``, ``weight_decay``, ``momentum``) or a factory that
     takes the parameter groups (``OptimizerCallable``: ``torch.optim.AdamW``, ``functools.partial``, or
     ``class_path``/``init_args`` in a LightningCLI config); ``layer_lrs`` gives one learning rate per block (input
@@ -80,6 +87,8 @@ class EPLightningModule(LightningModule):
         omega: float = 1.0,
         dither: bool = False,
         average_last: int = 0,
+        curvature_bound: float | None = None,
+        curvature_weight: float = 1.0,
         optimizer: Literal["adam", "sgd"] | OptimizerCallable = "adam",
         lr: float = 1e-3,
         layer_lrs: Sequence[float] | None = None,
@@ -107,6 +116,13 @@ class EPLightningModule(LightningModule):
         if dither and (method != "ep" or not self.net.spiking or not self.net.blocks[0].neuron.graded):
             raise ValueError("dither (stochastic rounding of the graded Sigma-Delta spike counts) needs method='ep', "
                              "threshold > 0 and graded=True")
+        if curvature_bound is not None:
+            if not curvature_bound > 0 or not curvature_weight > 0:
+                raise ValueError(f"curvature_bound and curvature_weight must be > 0, got {curvature_bound} and "
+                                 f"{curvature_weight}")
+            if any(getattr(b, "pooling", None) == "max" for b in self.net.blocks):
+                raise ValueError("curvature_bound needs average pooling or none: with max pooling the energy is not "
+                                 "quadratic in the states")
         if bptt_truncate is not None and (method != "bptt" or not 1 <= bptt_truncate <= t1):
             raise ValueError(f"bptt_truncate (the last free steps BPTT goes through) needs method='bptt' and "
                              f"1 <= bptt_truncate <= t1 ({t1}), got {bptt_truncate} with method={method!r}")
@@ -285,12 +301,25 @@ class EPLightningModule(LightningModule):
         else:
             out = bptt_loss(self.net, x, y, hp.t1, hp["update"], hp.start, hp.omega, hp.get("bptt_truncate"))
             objective, logits, loss, phases = out.loss, out.logits.detach(), out.loss.detach(), {"free": out.free}
+        if hp.get("curvature_bound") is not None:
+            objective = objective + hp.curvature_weight * self._curvature_penalty(phases["free"], len(y))
         self._optimize(objective, batch_idx)
         self.train_acc(logits, y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         self._log_phases("train", phases, len(y))
         return loss
+
+    def _curvature_penalty(self, free: Relaxation, batch: int) -> Tensor:
+        """The curvature penalty on the first ``CURVATURE_SAMPLES`` free states of the batch; logs the mean largest
+        eigenvalue and the fraction above the bound."""
+        k = min(CURVATURE_SAMPLES, batch)
+        bound = self.hparams.curvature_bound
+        penalty, values = curvature_penalty(self.net, [s[:k] for s in free.state.s], bound, CURVATURE_ITERS)
+        self.log("train/curvature", values.mean(), on_step=True, on_epoch=True, sync_dist=True, batch_size=k)
+        self.log("train/curvature_above", (values > bound).to(values.dtype).mean(), on_step=True, on_epoch=True,
+                 sync_dist=True, batch_size=k)
+        return penalty
 
     def _optimize(self, objective: Tensor, batch_idx: int) -> None:
         """Backward (the EP surrogate or the BPTT loss), then every ``accumulate_grad_batches`` batches (and at the

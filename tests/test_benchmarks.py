@@ -18,7 +18,8 @@ from conftest import needs_fmnist
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-SCRIPTS = ("alignment", "levers", "memory", "plot_training", "throughput", "time_to_accuracy", "training")
+SCRIPTS = ("alignment", "curvature", "levers", "memory", "plot_training", "throughput", "time_to_accuracy",
+           "training")
 # the full results, these scripts' default --quick output and the README's figures
 PROTECTED = ("benchmarks/results/*.json", *(f"benchmarks/results/quick/{name}.json" for name in SCRIPTS), "docs/*.png")
 TINY_2C2FC = ["--threads", "1"]
@@ -56,6 +57,23 @@ def verdicts(proc: subprocess.CompletedProcess) -> list[str]:
     return lines
 
 
+def tiny_checkpoint(tmp_path: Path, **module_args: object) -> Path:
+    """A checkpoint of a tiny ``EPLightningModule`` trained for one step on noise."""
+    import torch
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_ep.module import EPLightningModule
+
+    module = EPLightningModule(channels=[4, 8], hidden=[16], t1=3, t2=2, scheduler="none", **module_args)
+    data = DataLoader(TensorDataset(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=8)
+    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(module, data)
+    trainer.save_checkpoint(tmp_path / "tiny.ckpt")
+    return tmp_path / "tiny.ckpt"
+
+
 def records(path: Path) -> list[dict]:
     data = json.loads(path.read_text())
     assert isinstance(data, list) and data and all(isinstance(r, dict) for r in data), path
@@ -69,10 +87,12 @@ def test_throughput_quick(tmp_path):
     found = verdicts(proc)
     assert proc.returncode == (1 if "FAIL" in found else 0), explain(proc)  # any FAIL line sets exit code 1
     rows = [r for r in records(out) if r["kind"] == "throughput"]
-    assert {(r["pooling"], r["dynamics"], r["update"]) for r in rows} == {
-        (p, d, u) for p in ("avg", "max") for d, u in (("explicit", "sync"), ("explicit", "async"),
-                                                       ("autograd", "sync"))}
+    assert {(r["pooling"], r["dynamics"], r["update"], r["threshold"] > 0) for r in rows} == {
+        (p, d, u, s) for p in ("avg", "max") for d, u, s in (("explicit", "sync", False), ("explicit", "async", False),
+                                                             ("autograd", "sync", False), ("explicit", "async", True))}
     assert all(r["samples_per_s"] > 0 and r["step_over_engine_floor"] > 0 for r in rows)
+    # the engine floor holds the dense products on top of the convolutions
+    assert all(r["engine_floor_ms"] > r["conv_floor_ms"] > 0 for r in rows)
 
 
 def test_memory_quick(tmp_path):
@@ -117,12 +137,6 @@ def test_time_to_accuracy_quick(tmp_path):
 @needs_fmnist
 def test_levers_quick(tmp_path):
     """The epoch part on a few batches, then the alignment part on a checkpoint of a tiny module."""
-    import torch
-    from lightning.pytorch import Trainer
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from lightning_ep.module import EPLightningModule
-
     out = tmp_path / "levers.json"
     proc = run_benchmark("levers.py", "--quick", *TINY_2C2FC, "--part", "epoch", "--train-samples", "128",
                          "--val-samples", "100", "--out", out, cwd=tmp_path)
@@ -130,18 +144,27 @@ def test_levers_quick(tmp_path):
     rows = records(out)
     assert len(rows) == 5 and all(r["part"] == "epoch" and 0.0 <= r["val_acc"] <= 1.0 for r in rows)
 
-    module = EPLightningModule(channels=[4, 8], hidden=[16], t1=3, t2=2, scheduler="none")
-    data = DataLoader(TensorDataset(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=8)
-    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
-    trainer.fit(module, data)
-    trainer.save_checkpoint(tmp_path / "tiny.ckpt")
     out = tmp_path / "levers_alignment.json"
     proc = run_benchmark("levers.py", "--quick", *TINY_2C2FC, "--part", "alignment", "--checkpoint",
-                         tmp_path / "tiny.ckpt", "--bptt-t1", "20", "--out", out, cwd=tmp_path)
+                         tiny_checkpoint(tmp_path), "--bptt-t1", "20", "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     rows = records(out)
     assert len(rows) == 6 and all(r["part"] == "alignment" and -1.0 <= r["cos_mean"] <= 1.0 for r in rows)
+
+
+@needs_fmnist
+def test_curvature_quick(tmp_path):
+    """The curvature at the end of the free phases of a tiny trained module, spiking and not."""
+    ckpt = tiny_checkpoint(tmp_path, threshold=0.01)
+    out = tmp_path / "curvature.json"
+    proc = run_benchmark("curvature.py", "--quick", *TINY_2C2FC, "--checkpoint", f"fmnist:{ckpt}",
+                         "--samples", "8", "--settled-t1", "10", "--iters", "5", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    rows = records(out)
+    assert [r["phase"] for r in rows] == ["trained", "non-spiking"]
+    assert all(r["samples"] == 8 and 0.0 <= r["frac_not_minimum"] <= 1.0 and r["eig_max"] >= r["eig_median"] >= 0
+               and 0.0 <= r["active_fraction"] <= 1.0 for r in rows)
+    assert rows[0]["t1"] == 3 and rows[1]["t1"] == 10
 
 
 @needs_fmnist
