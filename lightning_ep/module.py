@@ -22,7 +22,7 @@ from lightning_ep.data.sampler import MidEpochResume
 from lightning_ep.dynamics import START_KINDS, Relaxation, check_omega
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
-from lightning_ep.stability import curvature_penalty
+from lightning_ep.stability import check_quadratic, curvature_penalty
 
 Method = Literal["ep", "bptt"]
 CURVATURE_SAMPLES = 8  # training samples a batch whose free state's curvature is penalised (curvature_bound)
@@ -120,9 +120,10 @@ class EPLightningModule(LightningModule):
             if not curvature_bound > 0 or not curvature_weight > 0:
                 raise ValueError(f"curvature_bound and curvature_weight must be > 0, got {curvature_bound} and "
                                  f"{curvature_weight}")
-            if any(getattr(b, "pooling", None) == "max" for b in self.net.blocks):
-                raise ValueError("curvature_bound needs average pooling or none: with max pooling the energy is not "
-                                 "quadratic in the states")
+            try:
+                check_quadratic(self.net)
+            except ValueError as err:
+                raise ValueError(f"curvature_bound: {err}") from err
         if bptt_truncate is not None and (method != "bptt" or not 1 <= bptt_truncate <= t1):
             raise ValueError(f"bptt_truncate (the last free steps BPTT goes through) needs method='bptt' and "
                              f"1 <= bptt_truncate <= t1 ({t1}), got {bptt_truncate} with method={method!r}")

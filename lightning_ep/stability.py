@@ -42,7 +42,8 @@ class ActiveEigenpair:
     vectors: list[Tensor]
 
 
-def _check_quadratic(net: ConvergentNetwork) -> None:
+def check_quadratic(net: ConvergentNetwork) -> None:
+    """Raise a ValueError unless every conv layer pools by average or not at all (the energy is then quadratic)."""
     for block in net.blocks:
         if getattr(block, "pooling", None) == "max":
             raise ValueError("the energy's curvature is defined here for average pooling or none: max pooling makes "
@@ -75,7 +76,7 @@ def active_eigenpair(
     about 0, and the even and odd parts of ``A^2``'s top eigenvector, each normalised and signed to agree, give
     ``A``'s. Below 1: ``states`` is a strict local minimum of the energy over its active units; at or above 1, not.
     0 for a sample with no active unit. Needs average pooling or none."""
-    _check_quadratic(net)
+    check_quadratic(net)
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     with torch.no_grad():
