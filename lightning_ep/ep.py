@@ -106,7 +106,6 @@ def free_phase(
     check_steps("t1", t1)
     net.check_input(x)
     check_dynamics(dynamics, update, omega, average_last)
-    check_average_last(average_last, t1, tol)
     with torch.no_grad():
         return _free(net, x, input_drive(net, x), init, t1, update, dynamics, tol, omega, dither, average_last)
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from lightning_ep.network import ConvergentNetwork
 
 
-def _coupling(net: ConvergentNetwork, v: Sequence[Tensor], offsets: Sequence[Tensor]) -> list[Tensor]:
+def _coupling(net: ConvergentNetwork, v: Sequence[Tensor], offsets: Sequence[Tensor | None]) -> list[Tensor]:
     """``A v``: each layer gets the linear part of its forward drive from the layer below (not from the input,
     which is fixed) plus the feedback from the layer above."""
     n = len(v)
@@ -81,8 +81,9 @@ def active_eigenpair(
         raise ValueError(f"iters must be >= 1, got {iters}")
     with torch.no_grad():
         masks = [((s > 0) & (s < 1)).to(s.dtype) for s in states]
-        offsets = [torch.zeros(()) if i == 0 else block.forward_drive(torch.zeros_like(states[i - 1]))[0]
-                   for i, block in enumerate(net.blocks)]
+        # the bias part of each forward drive from a layer (none for the first layer's: its input is fixed)
+        offsets = [None, *(block.forward_drive(torch.zeros_like(s))[0]
+                           for block, s in zip(net.blocks[1:], states[:-1], strict=True))]
 
         def apply(v: list[Tensor]) -> list[Tensor]:
             return [a * m for a, m in zip(_coupling(net, v, offsets), masks, strict=True)]

@@ -96,3 +96,12 @@ TINY = dict(channels=[4], kernel_size=3, hidden=[16], t1=20, t2=8, beta=0.2, lr=
 @pytest.fixture
 def patterns() -> PatternDataModule:
     return PatternDataModule()
+
+
+def tiny_csnn(num_steps: int) -> torch.nn.Module:
+    """A seeded one-conv, one-dense snnTorch CSNN on 8x8 inputs (threshold 0.2), for cost and simulation tests."""
+    from lightning_ep.baselines import SnnTorchCSNN
+
+    torch.manual_seed(0)
+    return SnnTorchCSNN(input_shape=(1, 8, 8), num_classes=2, channels=(2,), kernel_size=3, hidden=(5,),
+                        num_steps=num_steps, threshold=0.2)

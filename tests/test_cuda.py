@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, PatternDataModule
+from conftest import TINY, PatternDataModule, tiny_csnn
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from lightning_ep import Conv, ConvergentNetwork, Dense, bptt_loss, equilibrium_propagation
@@ -78,12 +78,9 @@ def test_module_trains_on_gpu_with_dither_and_restores_its_stream(tmp_path):
 
 
 def test_csnn_cost_on_gpu():
-    from lightning_ep.baselines import SnnTorchCSNN
     from lightning_ep.baselines.csnn_cost import csnn_cost
 
-    torch.manual_seed(0)
-    module = SnnTorchCSNN(input_shape=(1, 8, 8), num_classes=2, channels=(2,), kernel_size=3, hidden=(5,),
-                          num_steps=4, threshold=0.2)
+    module = tiny_csnn(num_steps=4)
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():
         on_cpu = csnn_cost(module, module.simulate(x))

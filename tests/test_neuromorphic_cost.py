@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import TINY, PatternDataModule
+from conftest import TINY, PatternDataModule, tiny_csnn
 from helpers.csv_metrics import read_csv_metrics
 from lightning.pytorch.loggers import CSVLogger
 
@@ -412,11 +412,7 @@ def test_csnn_cost_against_hand_counts():
 
 
 def test_csnn_simulate_cut_is_the_same_run_stopped_earlier():
-    from lightning_ep.baselines import SnnTorchCSNN
-
-    torch.manual_seed(0)
-    module = SnnTorchCSNN(input_shape=(1, 8, 8), num_classes=2, channels=(2,), kernel_size=3, hidden=(5,),
-                          num_steps=6, threshold=0.2)
+    module = tiny_csnn(num_steps=6)
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():
         whole, cut = module.simulate(x), module.simulate(x, steps=4)
