@@ -26,10 +26,15 @@ TITLES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
 def label(record: dict) -> str:
-    """Legend entry: method, neuron, pooling, width, epochs, test error, and partial when cut."""
+    """Legend entry: method, neuron, pooling, width, curvature bound, epochs, test error, and partial when cut."""
     neuron = f"spiking θ={record['threshold']:g}" if record["spiking"] else "non-spiking"
     status = "" if record["complete"] else ", partial"
-    return (f"{record['method'].upper()} {neuron} {record['pooling']} h{record['hidden'][0]}, "
+    bound = record.get("curvature_bound")
+    command = record.get("command", "")
+    if bound is None and "--model.curvature_bound" in command:  # records from before it was a field
+        bound = command.split("--model.curvature_bound")[1].split()[0].lstrip("=")
+    curvature = "" if bound in (None, "null") else f" λ≤{bound}"
+    return (f"{record['method'].upper()} {neuron} {record['pooling']} h{record['hidden'][0]}{curvature}, "
             f"{record['epochs']:g} ep{status}: test {100 * record['test_error']:.2f} %")
 
 
@@ -40,6 +45,7 @@ def plot(records: list[dict], out: Path) -> Path:
         raise SystemExit("no run in training.json has a curve: record one with benchmarks/training.py first")
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # more runs than the default 10 colours
         for record in (r for r in with_curves if r["dataset"] == dataset):
             epochs = [p["epoch"] for p in record["curve"]]
             errors = [100 * (1 - p["val_acc"]) for p in record["curve"]]

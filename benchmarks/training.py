@@ -7,7 +7,8 @@
 
 Each record: dataset, method ("ep"/"bptt"), spiking, pooling, epochs (trained, fractional), test_error (a fraction),
 wall_s (fit + test), hardware, command, complete (all configured epochs ran, not cut by max_time/max_steps or
-a train subset), plus the settings that matter (threshold, hidden, t1, t2, beta, batch_size, train_samples) and
+a train subset), plus the settings that matter (threshold, hidden, t1, t2, beta, bptt_truncate, curvature_bound and its
+iters, batch_size, train_samples; records before curvature_bound was recorded name it in their command only) and
 ``curve``: one point per validation (see ``CurveRecorder``), printed as it grows. EP runs measure the cosine between
 the EP and the BPTT gradient every ``ALIGNMENT_EVERY`` steps on a fixed batch of validation images; the BPTT
 gradient goes through ``ALIGNMENT_BPTT_T1`` free steps of the network without spikes, where it has settled: the
@@ -148,7 +149,8 @@ def main(argv: list[str]) -> dict:
         **network_summary(cli.model.net),
         "threshold": cli.model.net.threshold, "t1": hp.t1,
         "t2": hp.t2, "beta": hp.beta, "loss": hp.loss, "start": hp.start, "omega": hp.omega, "tol": hp.tol,
-        "lr": hp.lr,
+        "lr": hp.lr, "bptt_truncate": hp.get("bptt_truncate"), "curvature_bound": hp.get("curvature_bound"),
+        "curvature_iters": hp.get("curvature_iters") if hp.get("curvature_bound") is not None else None,
         "batch_size": data.hparams.batch_size,
         "train_samples": len(data.train_set) if data.train_set is not None else None,
         "max_epochs": trainer.max_epochs, "global_steps": trainer.global_step,

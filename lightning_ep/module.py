@@ -26,7 +26,6 @@ from lightning_ep.stability import check_quadratic, curvature_penalty
 
 Method = Literal["ep", "bptt"]
 CURVATURE_SAMPLES = 8  # training samples a batch whose free state's curvature is penalised (curvature_bound)
-CURVATURE_ITERS = 10  # power-iteration rounds for their largest eigenvalue
 
 
 class EPLightningModule(LightningModule):
@@ -49,7 +48,8 @@ class EPLightningModule(LightningModule):
     ``curvature_weight`` times a penalty on the training samples whose free state is too close to a saddle of the
     energy (largest eigenvalue of the coupling over the active units above the bound, on the first
     ``CURVATURE_SAMPLES`` samples of each batch; ``lightning_ep.stability``), so that the relaxation stays a fast
-    contraction as the weights grow; average pooling or none.
+    contraction as the weights grow; average pooling or none. ``curvature_iters`` power-iteration rounds estimate
+    each eigenvalue, from below (a Rayleigh quotient): too few miss samples above the bound.
     Optimisation: ``optimizer`` 'adam' / 'sgd' (with ``lr``, ``weight_decay``, ``momentum``) or a factory that
     takes the parameter groups (``OptimizerCallable``: ``torch.optim.AdamW``, ``functools.partial``, or
     ``class_path``/``init_args`` in a LightningCLI config); ``layer_lrs`` gives one learning rate per block (input
@@ -89,6 +89,7 @@ class EPLightningModule(LightningModule):
         average_last: int = 0,
         curvature_bound: float | None = None,
         curvature_weight: float = 1.0,
+        curvature_iters: int = 30,
         optimizer: Literal["adam", "sgd"] | OptimizerCallable = "adam",
         lr: float = 1e-3,
         layer_lrs: Sequence[float] | None = None,
@@ -120,6 +121,8 @@ class EPLightningModule(LightningModule):
             if not curvature_bound > 0 or not curvature_weight > 0:
                 raise ValueError(f"curvature_bound and curvature_weight must be > 0, got {curvature_bound} and "
                                  f"{curvature_weight}")
+            if curvature_iters < 1:
+                raise ValueError(f"curvature_iters (power-iteration rounds) must be >= 1, got {curvature_iters}")
             try:
                 check_quadratic(self.net)
             except ValueError as err:
@@ -316,7 +319,9 @@ class EPLightningModule(LightningModule):
         eigenvalue and the fraction above the bound."""
         k = min(CURVATURE_SAMPLES, batch)
         bound = self.hparams.curvature_bound
-        penalty, values = curvature_penalty(self.net, [s[:k] for s in free.state.s], bound, CURVATURE_ITERS)
+        states = [s[:k] for s in free.state.s]
+        # (checkpoints from before curvature_iters was an argument ran 10 rounds)
+        penalty, values = curvature_penalty(self.net, states, bound, self.hparams.get("curvature_iters", 10))
         self.log("train/curvature", values.mean(), on_step=True, on_epoch=True, sync_dist=True, batch_size=k)
         self.log("train/curvature_above", (values > bound).to(values.dtype).mean(), on_step=True, on_epoch=True,
                  sync_dist=True, batch_size=k)

@@ -177,12 +177,14 @@ def test_training_record_goes_where_it_is_told(tmp_path):
         "--model.t2=2", "--data.train_subset=128", "--data.val_size=64", "--trainer.max_steps=2",
         "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.logger=false",
         "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false", "--note", "a test run",
+        "--model.curvature_bound=0.9", "--model.curvature_iters=3",
         cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     (record,) = records(out)
     assert record["dataset"] == "fashion_mnist" and record["global_steps"] == 2 and not record["complete"]
     assert (record["channels"], record["hidden"], record["pooling"]) == ([4, 8], [16], "avg")  # read from the net
     assert record["note"] == "a test run"
+    assert (record["curvature_bound"], record["curvature_iters"], record["bptt_truncate"]) == (0.9, 3, None)
     assert record["curve"] and "alignment_cos_all" in record["curve"][-1]
     assert 0.0 <= record["test_error"] <= 1.0
 

@@ -53,6 +53,23 @@ def test_largest_active_eigenvalue_matches_the_energy_hessian():
     assert (want < 1).any() and (want > 1).any(), want
 
 
+def test_few_power_iterations_estimate_the_eigenvalue_from_below():
+    """Cut short, the estimate is a Rayleigh quotient: never above the exact eigenvalue (what lets
+    ``EPLightningModule(curvature_iters=...)`` trade rounds for samples missed, never for false alarms)."""
+    net = _net()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(6, 1, 6, 6, dtype=torch.float64, generator=g)
+    spread = torch.linspace(1.0, 4.0, 6, dtype=torch.float64)
+    states = [(torch.rand(6, *shape, dtype=torch.float64, generator=g) - 0.5).mul_(
+        spread.view(-1, *[1] * len(shape))).add_(0.5).clamp_(0, 1) for shape in net.state_shapes]
+    exact = _oracle(net, x, states).clamp_min(0)
+    short = [active_coupling_eigenvalue(net, states, iters=n) for n in (1, 2, 4, 8)]
+    for est in short:
+        assert (est <= exact + 1e-9).all(), (est, exact)
+    assert (short[0] < exact - 1e-3).any()  # one round falls short somewhere, or the test shows nothing
+    assert torch.allclose(active_coupling_eigenvalue(net, states, iters=400), exact, rtol=1e-4, atol=1e-6)
+
+
 def test_a_converged_non_spiking_free_phase_is_a_minimum():
     """Weak couplings: the energy is convex, the relaxation settles, and the eigenvalue is below 1."""
     net = _net()
@@ -159,3 +176,5 @@ def test_curvature_bound_arguments_are_checked():
         EPLightningModule(curvature_bound=0.0)
     with pytest.raises(ValueError, match="must be > 0"):
         EPLightningModule(curvature_bound=0.9, curvature_weight=-1.0)
+    with pytest.raises(ValueError, match="curvature_iters"):
+        EPLightningModule(curvature_bound=0.9, curvature_iters=0)
