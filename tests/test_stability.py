@@ -35,15 +35,22 @@ def _oracle(net: ConvergentNetwork, x: torch.Tensor, states: list[torch.Tensor])
     return torch.stack(out)
 
 
-def test_largest_active_eigenvalue_matches_the_energy_hessian():
-    net = _net()
-    g = torch.Generator().manual_seed(1)
+def _inputs_and_spread_states(
+    net: ConvergentNetwork, seed: int, widest: float
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """6 inputs and arbitrary states (the curvature is a property of any state), from almost all units active
+    (sample 0) to few (sample 5, spread ``widest`` times wider): units pushed below 0 or above 1 are clamped."""
+    g = torch.Generator().manual_seed(seed)
     x = torch.rand(6, 1, 6, 6, dtype=torch.float64, generator=g)
-    # arbitrary states (the curvature is a property of any state), from almost all active units (sample 0) to
-    # few (sample 5): units pushed below 0 or above 1 are clamped
-    spread = torch.linspace(1.0, 6.0, 6, dtype=torch.float64)
+    spread = torch.linspace(1.0, widest, 6, dtype=torch.float64)
     states = [(torch.rand(6, *shape, dtype=torch.float64, generator=g) - 0.5).mul_(
         spread.view(-1, *[1] * len(shape))).add_(0.5).clamp_(0, 1) for shape in net.state_shapes]
+    return x, states
+
+
+def test_largest_active_eigenvalue_matches_the_energy_hessian():
+    net = _net()
+    x, states = _inputs_and_spread_states(net, seed=1, widest=6.0)
     assert any(((s > 0) & (s < 1)).any() for s in states)
     assert any(((s == 0) | (s == 1)).any() for s in states)  # some units clamped: the restriction matters
     got = active_coupling_eigenvalue(net, states, iters=400, generator=torch.Generator().manual_seed(0))
@@ -57,11 +64,7 @@ def test_few_power_iterations_estimate_the_eigenvalue_from_below():
     """Cut short, the estimate is a Rayleigh quotient: never above the exact eigenvalue (what lets
     ``EPLightningModule(curvature_iters=...)`` trade rounds for samples missed, never for false alarms)."""
     net = _net()
-    g = torch.Generator().manual_seed(2)
-    x = torch.rand(6, 1, 6, 6, dtype=torch.float64, generator=g)
-    spread = torch.linspace(1.0, 4.0, 6, dtype=torch.float64)
-    states = [(torch.rand(6, *shape, dtype=torch.float64, generator=g) - 0.5).mul_(
-        spread.view(-1, *[1] * len(shape))).add_(0.5).clamp_(0, 1) for shape in net.state_shapes]
+    x, states = _inputs_and_spread_states(net, seed=2, widest=4.0)
     exact = _oracle(net, x, states).clamp_min(0)
     short = [active_coupling_eigenvalue(net, states, iters=n) for n in (1, 2, 4, 8)]
     for est in short:
