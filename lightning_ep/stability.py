@@ -120,13 +120,15 @@ def coupling_quadratic_form(net: ConvergentNetwork, u: Sequence[Tensor]) -> Tens
 
 
 def curvature_penalty(
-    net: ConvergentNetwork, states: Sequence[Tensor], bound: float, iters: int = 10,
+    net: ConvergentNetwork, states: Sequence[Tensor], bound: float, iters: int = 30,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """A penalty on the samples whose largest active eigenvalue exceeds ``bound``: its value is the mean over the
     samples of ``max(0, eigenvalue - bound)`` and its gradient in the weights that of the eigenvalues above the bound
     (through :func:`coupling_quadratic_form` at their eigenvectors), which lowers the coupling along those
-    directions only. Returns the penalty and the eigenvalues (detached)."""
+    directions only. ``iters`` power-iteration rounds (as ``EPLightningModule(curvature_iters=...)``; few rounds
+    estimate the eigenvalue from below, so the penalty then acts on fewer samples). Returns the penalty and the
+    eigenvalues (detached)."""
     pair = active_eigenpair(net, [s.detach() for s in states], iters, generator)
     above = (pair.values > bound).to(pair.values.dtype)
     form = coupling_quadratic_form(net, pair.vectors)
