@@ -1,6 +1,6 @@
-"""Shared helpers of the benchmark scripts: thread setup, a hardware string, real data batches, table printing
-and JSON output (a list of flat records in ``benchmarks/results/NAME.json``; ``--quick`` runs write to
-``benchmarks/results/quick/``)."""
+"""Shared helpers of the benchmark scripts: thread setup, a hardware string, real data batches, the training
+objective of a plain loop, table printing and JSON output (a list of flat records in
+``benchmarks/results/NAME.json``; ``--quick`` runs write to ``benchmarks/results/quick/``)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ import numpy as np
 import torch
 
 from lightning_ep.data import DataNotFoundError, load_split
+from lightning_ep.ep import EPResult
+from lightning_ep.module import CURVATURE_SAMPLES
+from lightning_ep.network import ConvergentNetwork
+from lightning_ep.stability import curvature_penalty
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_DIR = RESULTS_DIR / "quick"  # --quick runs write here (git-ignored), never over the full results
@@ -80,6 +84,16 @@ def stamp(records: Sequence[Record], **extra: Any) -> list[Record]:
     """Add ``hardware`` and ``command`` (plus ``extra``, e.g. the load averages) to every record."""
     common = {"hardware": hardware(), "command": command(), **extra}
     return [{**r, **common} for r in records]
+
+
+def training_objective(net: ConvergentNetwork, ep: EPResult, curvature_bound: float | None) -> torch.Tensor:
+    """What a plain training loop backpropagates: the EP surrogate, plus (with a bound) the curvature penalty as
+    ``EPLightningModule(curvature_bound=...)`` adds it (weight 1, its default rounds, on the first
+    ``CURVATURE_SAMPLES`` free states of the batch)."""
+    if curvature_bound is None:
+        return ep.surrogate
+    states = [t[:CURVATURE_SAMPLES] for t in ep.phases["free"].state.s]
+    return ep.surrogate + curvature_penalty(net, states, curvature_bound)[0]
 
 
 def write_json(name: str, records: Sequence[Record], out: Path | None = None, quick: bool = False) -> Path:

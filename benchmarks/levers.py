@@ -8,9 +8,11 @@ setting's gradient is to the gradient at the settled fixed point.
 ``epoch``: each setting trains the spiking 2C2FC (hidden 256, avg pooling, Sigma-Delta threshold 0.01) for one epoch
 of FashionMNIST (55,000 images, batch 64, Adam 1e-3 annealed to 0 by a cosine over the epoch) from the same weights
 on the same batches, then is evaluated on the 5,000 held-out training images (the DataModules' validation split)
-with its own free phase. Keys: setting, t1, t2, start, omega, beta, threshold, train_s (training seconds, the
-evaluation outside), steps_per_batch (steps run per training batch, all phases), val_acc, val_change (the
-evaluation's largest last-step state change), train_change (the last batch's).
+with its own free phase. The curvature-bound settings add the module's curvature penalty to the EP surrogate
+(``common.training_objective``), its cost inside the clock. Keys: setting, t1, t2, start, omega, beta,
+curvature_bound, threshold, train_s (training seconds, the evaluation outside), steps_per_batch (steps run per
+training batch, all phases), val_acc, val_change (the evaluation's largest last-step state change), train_change
+(the last batch's).
 
 ``alignment``: on a trained checkpoint (``--checkpoint``, an ``EPLightningModule`` one), for ``--batches`` batches of
 64 test images, the cosine over all parameters between each setting's EP gradient (beta 0.2, symmetric) and the
@@ -27,18 +29,21 @@ import time
 from typing import Any
 
 import torch
-from common import add_common_args, load_batch, print_table, setup_threads, stamp, write_json
+from common import add_common_args, load_batch, print_table, setup_threads, stamp, training_objective, write_json
 
 from lightning_ep import bptt_loss, equilibrium_propagation, free_phase, two_conv_two_dense
 
 EPOCH_SETTINGS: dict[str, dict[str, Any]] = {
-    "zeros, T1 30, T2 10, beta 0.3 (the earlier CPU configs)":
-        {"t1": 30, "t2": 10, "start": "zeros", "omega": 1.0, "beta": 0.3},
+    "zeros, T1 30, T2 10, beta 0.3": {"t1": 30, "t2": 10, "start": "zeros", "omega": 1.0, "beta": 0.3},
+    "zeros, T1 30, T2 10, beta 0.3, curvature bound 0.9 (the paper configs)":
+        {"t1": 30, "t2": 10, "start": "zeros", "omega": 1.0, "beta": 0.3, "curvature_bound": 0.9},
     "feed-forward, T1 15, T2 10, beta 0.3": {"t1": 15, "t2": 10, "start": "feedforward", "omega": 1.0, "beta": 0.3},
     "feed-forward, T1 10, T2 8, beta 0.3": {"t1": 10, "t2": 8, "start": "feedforward", "omega": 1.0, "beta": 0.3},
     "feed-forward, T1 10, T2 8, beta 0.2": {"t1": 10, "t2": 8, "start": "feedforward", "omega": 1.0, "beta": 0.2},
-    "feed-forward, omega 1.3, T1 12, T2 8, beta 0.2 (the paper configs)":
+    "feed-forward, omega 1.3, T1 12, T2 8, beta 0.2 (the demo config)":
         {"t1": 12, "t2": 8, "start": "feedforward", "omega": 1.3, "beta": 0.2},
+    "feed-forward, omega 1.3, T1 12, T2 8, beta 0.2, curvature bound 0.9":
+        {"t1": 12, "t2": 8, "start": "feedforward", "omega": 1.3, "beta": 0.2, "curvature_bound": 0.9},
 }
 ALIGNMENT_SETTINGS = [(10, 8, 1.0), (15, 8, 1.0), (30, 10, 1.0), (12, 8, 1.3), (15, 8, 1.3), (15, 10, 1.3)]
 
@@ -64,7 +69,7 @@ def epoch_part(args: argparse.Namespace) -> list[dict[str, Any]]:
             ep = equilibrium_propagation(net, tx[idx], ty[idx], cfg["beta"], cfg["t1"], cfg["t2"], init=cfg["start"],
                                          omega=cfg["omega"])
             opt.zero_grad()
-            ep.surrogate.backward()
+            training_objective(net, ep, cfg.get("curvature_bound")).backward()
             opt.step()
             sched.step()
             seconds += time.perf_counter() - start
@@ -75,7 +80,7 @@ def epoch_part(args: argparse.Namespace) -> list[dict[str, Any]]:
             correct += int((net.logits(free.state.s).argmax(1) == vy[i : i + 500]).sum())
             change = max(change, free.last_change)
         assert ep is not None
-        row = {"setting": name, **cfg, "threshold": 0.01, "train_s": round(seconds, 1),
+        row = {"setting": name, "curvature_bound": None, **cfg, "threshold": 0.01, "train_s": round(seconds, 1),
                "steps_per_batch": steps / batches, "val_acc": correct / len(vy), "val_change": round(change, 4),
                "train_change": round(ep.phases["free"].last_change, 4)}
         print(f"  {name}: {row['train_s']} s, val acc {row['val_acc']:.4f}", flush=True)

@@ -1,7 +1,12 @@
 """Time to a fixed FashionMNIST test accuracy: our setting against the reference-style setting, in one run, with
 controls that change one thing at a time.
 
-    python benchmarks/time_to_accuracy.py [--quick] [--target 0.88] [--budget 3600]
+    python benchmarks/time_to_accuracy.py [--quick] [--target 0.88] [--budget 3600] [--part all|main|controls]
+
+``--part main`` runs ours and the reference (``results/time_to_accuracy_main.json``), ``--part controls`` ours and
+the two controls (``results/time_to_accuracy_controls.json``), ``all`` (the default) the four
+(``results/time_to_accuracy.json``): every ratio is between settings of one run, and the parts each fit a sitting
+(all four take up to four hours). ``--settings`` picks settings by name instead (``_custom``).
 
 Every setting trains the same spiking 2C2FC network (hidden 256, avg pooling, Sigma-Delta threshold 0.01) from the
 same initial weights on the same batches (Adam, lr 1e-3 constant, batch 64, symmetric estimator):
@@ -19,7 +24,8 @@ full-test accuracy reaches ``--target``; a setting that has not reached it withi
 reported with ``reached: false`` and ``seconds: null``, and a ratio against it as a lower bound (``>``).
 Keys: setting, dataset, target_accuracy, seconds, reached, samples, test_accuracy (the last full-test accuracy
 measured, or null), last_accuracy_2000, budget_s, test_samples (10,000; fewer with ``--test-subset``, for smoke
-tests), t1, t2, update, dynamics, start, omega, hardware, command.
+tests), t1, t2, update, dynamics, start, omega, curvature_bound (the curvature penalty's, or null), hardware,
+command.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import time
 from typing import Any
 
 import torch
-from common import add_common_args, load_batch, print_table, setup_threads, stamp, write_json
+from common import add_common_args, load_batch, print_table, setup_threads, stamp, training_objective, write_json
 
 from lightning_ep import equilibrium_propagation, free_phase, two_conv_two_dense
 
@@ -42,6 +48,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
                       "omega": 1.3},
     "ref_at_our_T": {"t1": 12, "t2": 8, "update": "sync", "dynamics": "autograd", "start": "zeros", "omega": 1.0},
 }
+PARTS = {"all": list(SETTINGS), "main": ["ours", "reference"], "controls": ["ours", "ours_at_ref_T", "ref_at_our_T"]}
 
 
 def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any]) -> float:
@@ -64,7 +71,8 @@ def run(setting: str, args: argparse.Namespace, train: tuple, test: tuple) -> di
     order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(0))
     batches = len(y_all) // 64
     train_seconds, samples, batch_idx, next_eval = 0.0, 0, 0, args.eval_every
-    out: dict[str, Any] = {"setting": setting, "seconds": None, "reached": False, "test_accuracy": None, **cfg}
+    out: dict[str, Any] = {"setting": setting, "seconds": None, "reached": False, "test_accuracy": None,
+                           "curvature_bound": None, **cfg}
     while train_seconds < args.budget:
         if batch_idx % batches == 0 and batch_idx:
             order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(batch_idx))
@@ -73,7 +81,7 @@ def run(setting: str, args: argparse.Namespace, train: tuple, test: tuple) -> di
         ep = equilibrium_propagation(net, x_all[idx], y_all[idx], BETA, cfg["t1"], cfg["t2"], update=cfg["update"],
                                      dynamics=cfg["dynamics"], init=cfg["start"], omega=cfg["omega"])
         opt.zero_grad()
-        ep.surrogate.backward()
+        training_objective(net, ep, cfg.get("curvature_bound")).backward()
         opt.step()
         train_seconds += time.perf_counter() - start
         samples += len(idx)
@@ -101,7 +109,9 @@ def main() -> None:
     parser.add_argument("--eval-every", type=float, default=None, help="training seconds between evaluations "
                         "(quick 10, full 120)")
     parser.add_argument("--budget", type=float, default=None, help="training seconds per setting (quick 30, 3600)")
-    parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--part", choices=tuple(PARTS), default="all", help="which settings run (see above)")
+    parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=None,
+                        help="these settings instead of a part's")
     parser.add_argument("--test-subset", type=int, default=None,
                         help="evaluate on the first N test images only (default all 10,000; for smoke tests)")
     args = parser.parse_args()
@@ -112,7 +122,8 @@ def main() -> None:
     setup_threads(args.threads)
     train = load_batch(60000, data_dir=args.data_dir)[:2]
     test = load_batch(args.test_subset or 10000, split="test", data_dir=args.data_dir)[:2]
-    records = [run(s, args, train, test) for s in args.settings]
+    settings = args.settings or PARTS[args.part]
+    records = [run(s, args, train, test) for s in settings]
     for r in records:
         r.update(dataset="fashion_mnist", target_accuracy=args.target, budget_s=args.budget, threshold=THRESHOLD,
                  test_samples=len(test[1]))
@@ -126,7 +137,9 @@ def main() -> None:
                 bound = "" if r["reached"] else ">"
                 ratio = (r["seconds"] if r["reached"] else args.budget) / ours["seconds"]
                 print(f"ours reaches {args.target:.0%} {bound}{ratio:.1f}x sooner than {name}")
-    write_json("time_to_accuracy", stamp(records), args.out, args.quick)
+    name = "custom" if args.settings else args.part
+    write_json("time_to_accuracy" if name == "all" else f"time_to_accuracy_{name}", stamp(records), args.out,
+               args.quick)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,17 @@
     python benchmarks/training.py mnist --config recipes/configs/mnist_paper.yaml --trainer.max_time 00:02:00:00
     python benchmarks/training.py fmnist --record /tmp/trial.json --data.train_subset 640   # elsewhere than results/
     python benchmarks/training.py fmnist --note "cores shared with ... for 10 minutes"          # a note in the record
+    python benchmarks/training.py fmnist [the same flags] --ckpt_path runs/.../last.ckpt     # resume a cut run
+(a resumed run keeps Lightning's Timer: its ``--trainer.max_time`` counts the earlier parts too)
 
 Each record: dataset, method ("ep"/"bptt"), spiking, pooling, epochs (trained, fractional), test_error (a fraction),
-wall_s (fit + test), hardware, command, complete (all configured epochs ran, not cut by max_time/max_steps or
-a train subset), plus the settings that matter (threshold, hidden, t1, t2, beta, bptt_truncate, curvature_bound and its
-iters, batch_size, train_samples; records before curvature_bound was recorded name it in their command only) and
-``curve``: one point per validation (see ``CurveRecorder``), printed as it grows. EP runs measure the cosine between
+wall_s (fit + test; for a resumed run, the earlier parts' fit up to their checkpoint too), hardware, command,
+complete (all configured epochs ran, not cut by max_time/max_steps or a train subset), parts (1 + resumes),
+resumed_from (the checkpoint of the last resume, or None), plus the settings that matter (threshold, hidden, t1,
+t2, beta, optimizer and weight_decay, bptt_truncate, curvature_bound and its iters, batch_size, train_samples;
+records before a field existed name the setting in their command only), ``activations`` (the paper's Figure 2/3
+statistics along training, with an ``ActivationDiagnostics`` callback; else None) and ``curve``: one point per
+validation (see ``CurveRecorder``), printed as it grows. EP runs measure the cosine between
 the EP and the BPTT gradient every ``ALIGNMENT_EVERY`` steps on a fixed batch of validation images; the BPTT
 gradient goes through ``ALIGNMENT_BPTT_T1`` free steps of the network without spikes, where it has settled: the
 gradient the EP estimate aims at. (Through the module's own T1, unsettled, BPTT's gradient is a different and
@@ -26,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -33,7 +40,8 @@ from common import RESULTS_DIR, hardware  # noqa: E402
 from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 
 from lightning_ep.blocks import SpikingConv2d, SpikingLinear  # noqa: E402
-from lightning_ep.callbacks import GradientAlignment  # noqa: E402
+from lightning_ep.callbacks import ActivationDiagnostics, GradientAlignment  # noqa: E402
+from lightning_ep.callbacks.activation_diagnostics import QUANTITIES  # noqa: E402
 from lightning_ep.cli import build_cli, fit_and_test  # noqa: E402
 from lightning_ep.data import FashionMNISTDataModule, MNISTDataModule  # noqa: E402
 from lightning_ep.network import ConvergentNetwork  # noqa: E402
@@ -57,6 +65,26 @@ def network_summary(net: ConvergentNetwork) -> dict[str, object]:
             "channels": [b.out_shape[0] for b in convs], "hidden": [b.out_shape[0] for b in dense]}
 
 
+def optimizer_summary(trainer: Trainer) -> dict[str, object]:
+    """The record's optimizer fields, read from the optimizer that trained (whichever flags chose it): its class
+    and the first parameter group's weight decay (None when it has none)."""
+    if not trainer.optimizers:
+        return {"optimizer": None, "weight_decay": None}
+    opt = trainer.optimizers[0]
+    return {"optimizer": type(opt).__name__, "weight_decay": opt.param_groups[0].get("weight_decay")}
+
+
+def activation_history(trainer: Trainer) -> list[dict[str, object]] | None:
+    """The paper's Figure 2/3 statistics along training, when the run has an ``ActivationDiagnostics`` callback
+    (``--trainer.callbacks+=lightning_ep.callbacks.ActivationDiagnostics``): per measurement, its step and the mean
+    and std of each quantity (rows: conv layers; columns: ``QUANTITIES``). None without the callback."""
+    diagnostics = [c for c in trainer.callbacks if isinstance(c, ActivationDiagnostics)]
+    if not diagnostics:
+        return None
+    return [{"step": step, "quantities": list(QUANTITIES), "mean": np.round(mean, 5).tolist(),
+             "std": np.round(std, 5).tolist()} for step, mean, std in diagnostics[0].history]
+
+
 def epochs_trained(trainer: Trainer) -> float:
     """Epochs trained so far, fractional within an epoch (and when a run is cut)."""
     return trainer.global_step / max(1, trainer.num_training_batches)
@@ -66,14 +94,30 @@ class CurveRecorder(Callback):
     """Keeps one point per validation run: the learning curve stored with the record. Each point: the fractional
     epoch, wall seconds, the validation metrics (accuracy, loss, the free phase's last state change, its steps and
     the spike rate per layer), the training phases since the last point (mean steps actually run per phase, mean
-    last state change of the free phase) and, with a ``GradientAlignment`` callback, its latest EP-vs-BPTT cosine."""
+    last state change of the free phase) and, with a ``GradientAlignment`` callback, its latest EP-vs-BPTT cosine.
+    The points and the wall time so far go into every checkpoint: a run resumed from one (``--ckpt_path``) continues
+    its curve and its clock (the time between that checkpoint and the cut is lost, not counted)."""
 
     def __init__(self, alignment: GradientAlignment | None = None) -> None:
         self.points: list[dict[str, float]] = []
         self.start = time.perf_counter()
+        self.earlier_s = 0.0  # wall seconds of the parts before a resume
+        self.parts = 1  # 1 + how many times the run was resumed
         self.alignment = alignment
         self._train: dict[str, float] = {}
         self._batches = 0
+
+    def elapsed(self) -> float:
+        """Wall seconds of the fit so far, earlier parts included."""
+        return self.earlier_s + time.perf_counter() - self.start
+
+    def state_dict(self) -> dict[str, object]:
+        return {"points": self.points, "wall_s": self.elapsed(), "parts": self.parts}
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        self.points = list(state_dict["points"])
+        self.earlier_s = float(state_dict["wall_s"])
+        self.parts = int(state_dict["parts"]) + 1
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.start = time.perf_counter()
@@ -94,8 +138,7 @@ class CurveRecorder(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
-        point: dict[str, float] = {"epoch": round(epochs_trained(trainer), 3),
-                                   "wall_s": round(time.perf_counter() - self.start, 1)}
+        point: dict[str, float] = {"epoch": round(epochs_trained(trainer), 3), "wall_s": round(self.elapsed(), 1)}
         for key, value in metrics.items():
             if key.startswith("val/"):
                 point[key.replace("/", "_")] = round(float(value), 6)
@@ -136,7 +179,7 @@ def main(argv: list[str]) -> dict:
     cli.trainer.callbacks.append(curve)
     start = time.perf_counter()
     metrics = fit_and_test(cli)
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start + curve.earlier_s
     hp, trainer, data = cli.model.hparams, cli.trainer, cli.datamodule
     epochs_done = round(epochs_trained(trainer), 2)
     complete = (trainer.max_epochs is not None and epochs_done >= trainer.max_epochs
@@ -149,15 +192,18 @@ def main(argv: list[str]) -> dict:
         **network_summary(cli.model.net),
         "threshold": cli.model.net.threshold, "t1": hp.t1,
         "t2": hp.t2, "beta": hp.beta, "loss": hp.loss, "start": hp.start, "omega": hp.omega, "tol": hp.tol,
-        "lr": hp.lr, "bptt_truncate": hp.get("bptt_truncate"), "curvature_bound": hp.get("curvature_bound"),
+        "lr": hp.lr, **optimizer_summary(trainer), "bptt_truncate": hp.get("bptt_truncate"),
+        "curvature_bound": hp.get("curvature_bound"),
         "curvature_iters": hp.get("curvature_iters") if hp.get("curvature_bound") is not None else None,
         "batch_size": data.hparams.batch_size,
         "train_samples": len(data.train_set) if data.train_set is not None else None,
         "max_epochs": trainer.max_epochs, "global_steps": trainer.global_step,
+        "parts": curve.parts, "resumed_from": cli.config.get("ckpt_path"),
         # spikes per neuron per step of the free phase on the test set, per layer (spiking runs)
         "test_spike_rates": [round(float(metrics[k]), 4) for k in sorted(metrics) if k.startswith("test/spike_rate")],
         "test_change_free": round(float(metrics["test/change_free"]), 6) if "test/change_free" in metrics else None,
         "curve": curve.points,
+        "activations": activation_history(trainer),
     }
     if note is not None:
         record["note"] = note

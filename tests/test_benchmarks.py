@@ -142,7 +142,8 @@ def test_levers_quick(tmp_path):
                          "--val-samples", "100", "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     rows = records(out)
-    assert len(rows) == 5 and all(r["part"] == "epoch" and 0.0 <= r["val_acc"] <= 1.0 for r in rows)
+    assert len(rows) == 7 and all(r["part"] == "epoch" and 0.0 <= r["val_acc"] <= 1.0 for r in rows)
+    assert sorted(r["curvature_bound"] or 0.0 for r in rows) == [0.0] * 5 + [0.9] * 2
 
     out = tmp_path / "levers_alignment.json"
     proc = run_benchmark("levers.py", "--quick", *TINY_2C2FC, "--part", "alignment", "--checkpoint",
@@ -177,16 +178,49 @@ def test_training_record_goes_where_it_is_told(tmp_path):
         "--model.t2=2", "--data.train_subset=128", "--data.val_size=64", "--trainer.max_steps=2",
         "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.logger=false",
         "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false", "--note", "a test run",
-        "--model.curvature_bound=0.9", "--model.curvature_iters=3",
-        cwd=tmp_path)
+        "--model.curvature_bound=0.9", "--model.curvature_iters=3", "--model.optimizer=torch.optim.AdamW",
+        "--model.optimizer.weight_decay=0.05", cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     (record,) = records(out)
     assert record["dataset"] == "fashion_mnist" and record["global_steps"] == 2 and not record["complete"]
     assert (record["channels"], record["hidden"], record["pooling"]) == ([4, 8], [16], "avg")  # read from the net
     assert record["note"] == "a test run"
     assert (record["curvature_bound"], record["curvature_iters"], record["bptt_truncate"]) == (0.9, 3, None)
+    assert (record["optimizer"], record["weight_decay"]) == ("AdamW", 0.05)  # read from the optimizer that trained
     assert record["curve"] and "alignment_cos_all" in record["curve"][-1]
+    assert record["activations"] is None  # no ActivationDiagnostics callback in this run
     assert 0.0 <= record["test_error"] <= 1.0
+
+
+def test_training_record_of_a_resumed_run_continues_its_curve_and_clock(tmp_path):
+    """A run cut after its first epoch and resumed from its checkpoint records both epochs' points, the wall time
+    of both parts, the checkpoint it resumed from, and the Figure 2/3 statistics of every step (the
+    ActivationDiagnostics callback's, measured every step) of both parts."""
+    out, root = tmp_path / "training.json", tmp_path / "root"
+    tiny = ["--model.channels=[4, 8]", "--model.hidden=[16]", "--model.t1=4", "--model.t2=2",
+            "--data.train_subset=128", "--data.val_size=64", "--trainer.limit_val_batches=1",
+            "--trainer.limit_test_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            "--trainer.val_check_interval=1.0", f"--trainer.default_root_dir={root}", "--record", out,
+            "--trainer.callbacks+=lightning_ep.callbacks.ActivationDiagnostics", "--trainer.callbacks.every_n_steps=1",
+            "--trainer.callbacks.plot=false"]
+    first = run_benchmark("training.py", "fmnist", *tiny, "--trainer.max_epochs=1", cwd=tmp_path)
+    assert first.returncode == 0, explain(first)
+    (checkpoint,) = root.rglob("*.ckpt")
+    second = run_benchmark("training.py", "fmnist", *tiny, "--trainer.max_epochs=2", f"--ckpt_path={checkpoint}",
+                           cwd=tmp_path)
+    assert second.returncode == 0, explain(second)
+    part1, part2 = records(out)
+    assert (part1["parts"], part1["resumed_from"], part1["epochs"]) == (1, None, 1.0)
+    assert (part2["parts"], part2["resumed_from"], part2["epochs"]) == (2, str(checkpoint), 2.0)
+    assert [p["epoch"] for p in part2["curve"]] == [1.0, 2.0]
+    assert part2["curve"][0] == part1["curve"][0]  # the first part's point, from the checkpoint
+    assert part2["curve"][1]["wall_s"] > part2["curve"][0]["wall_s"]
+    assert part2["wall_s"] > part2["curve"][0]["wall_s"]  # the clock counts the first part too
+    assert part2["global_steps"] == 2 * part1["global_steps"]
+    steps = list(range(part2["global_steps"]))  # 2 batches an epoch: steps 0, 1 in the first part, 2, 3 after
+    assert [a["step"] for a in part1["activations"]] == steps[:2] and [a["step"] for a in part2["activations"]] == steps
+    assert part2["activations"][:2] == part1["activations"]  # restored from the checkpoint
+    assert all(len(a["mean"]) == 2 and len(a["mean"][0]) == len(a["quantities"]) == 6 for a in part2["activations"])
 
 
 def test_plot_training_draws_given_records(tmp_path):

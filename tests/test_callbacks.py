@@ -257,6 +257,7 @@ def test_no_logger_writes_plot_files(tmp_path):
                                                                   "activations_plot.png", "memory_plot.png"}
     alignment, activations, memory = callbacks
     assert alignment.steps == [0, 2] and activations.last is not None and activations.last[0].shape == (2, 6)
+    assert [h[0] for h in activations.history] == [0, 2] and activations.history[-1][1] is activations.last[0]
     assert set(memory.last) == set(MEMORY_KEYS)
 
 

@@ -92,7 +92,8 @@ class ActivationDiagnostics(Callback):
     ``activations/conv<l>/<q>_std`` for ``q`` in ``forward_sum``, ``backward_sum`` (per-sample summed route outputs,
     over the samples: Figure 2) and ``x_forward``, ``y_forward``, ``x_backward``, ``y_backward`` (route inputs and
     outputs, over their elements: Figure 3). With ``plot``: ``activations/plot``, both as bar charts. Other steps
-    cost one integer test. ``last`` holds the latest (mean, std) arrays.
+    cost one integer test. ``last`` holds the latest (mean, std) arrays (conv layers x ``QUANTITIES``), ``history``
+    every measurement as (step, mean, std), kept in checkpoints (a resumed run continues it).
 
     With ``plot`` and ``raster`` (default) and a spiking network: ``activations/raster``, the spike raster and
     per-layer spike rates of the batch's first sample through the free phase and the nudged phases the step ran
@@ -114,6 +115,7 @@ class ActivationDiagnostics(Callback):
             raise ValueError(f"raster_neurons must be an integer >= 1, got {raster_neurons!r}")
         self.raster_neurons = raster_neurons
         self.last: tuple[np.ndarray, np.ndarray] | None = None
+        self.history: list[tuple[int, np.ndarray, np.ndarray]] = []
         self._batch: Any = None
         self._step = 0
 
@@ -141,6 +143,7 @@ class ActivationDiagnostics(Callback):
         stats = trainer.strategy.reduce(route_statistics(module.net, x, phase.state), reduce_op="sum")
         mean, std = (t.cpu().numpy() for t in mean_and_std(stats))
         self.last = (mean, std)
+        self.history.append((self._step, mean, std))
         metrics = {}
         for row in range(len(mean)):
             for col, q in enumerate(QUANTITIES):
@@ -157,6 +160,14 @@ class ActivationDiagnostics(Callback):
             title = f"spikes of one sample, step {self._step}, threshold {module.net.threshold}"
             fig = spike_raster_figure(traces, names, title, max_neurons=self.raster_neurons)
             log_figure(trainer, "activations/raster", fig, self._step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [(step, mean.tolist(), std.tolist()) for step, mean, std in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(int(step), np.asarray(mean), np.asarray(std)) for step, mean, std in state_dict["history"]]
+        if self.history:
+            self.last = self.history[-1][1:]
 
 
 def sample_traces(module: EPLightningModule, x: Tensor, y: Tensor, nudged: list[str]) -> dict[str, StepTrace]:
