@@ -43,7 +43,7 @@ def plot(records: list[dict], out: Path) -> Path:
     datasets = [d for d in PAPER_ERROR if any(r["dataset"] == d for r in with_curves)]
     if not datasets:
         raise SystemExit("no run in training.json has a curve: record one with benchmarks/training.py first")
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 7.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # more runs than the default 10 colours
         for record in (r for r in with_curves if r["dataset"] == dataset):
@@ -57,10 +57,10 @@ def plot(records: list[dict], out: Path) -> Path:
         ax.yaxis.set_minor_formatter(percent)
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: off the curves
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -72,27 +72,30 @@ def plot_gradient(records: list[dict], out: Path) -> Path | None:
     runs = [r for r in records if any("alignment_cos_all" in p for p in r.get("curve", []))]
     if not runs:
         return None
-    fig, (ax_cos, ax_change) = plt.subplots(1, 2, figsize=(13, 4.2))
+    fig, (ax_cos, ax_change) = plt.subplots(1, 2, figsize=(13, 8.5))  # tall: the legends go below the axes
+    for ax in (ax_cos, ax_change):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # more runs than the default 10 colours
     for record in runs:
         points = [p for p in record["curve"] if "alignment_cos_all" in p]
         name = f"{TITLES[record['dataset']]}: {label(record)}"
-        ax_cos.plot([p["epoch"] for p in points], [p["alignment_cos_all"] for p in points], marker="o",
-                    markersize=3, label=f"{name} (all parameters)")
+        (line,) = ax_cos.plot([p["epoch"] for p in points], [p["alignment_cos_all"] for p in points], marker="o",
+                              markersize=3, label=name)
         ax_cos.plot([p["epoch"] for p in points], [p["alignment_cos_min"] for p in points], linestyle="--",
-                    label="  worst parameter tensor")
+                    color=line.get_color(), alpha=0.6, label="_nolegend_")
         ax_change.plot([p["epoch"] for p in record["curve"]], [p["val_change_free"] for p in record["curve"]],
                        marker="o", markersize=3, label=name)
     ax_cos.set(xlabel="epoch", ylabel="cos(EP, BPTT reference)", ylim=(-0.5, 1.02),
-               title="EP gradient against the run's BPTT reference (64 held-out images)")
+               title="EP gradient against the run's BPTT reference (64 held-out images)\n"
+                     "solid: all parameters; dashed: the worst parameter tensor")
     ax_cos.axhline(0.0, color="grey", linewidth=0.8)
     ax_change.set(xlabel="epoch", ylabel="largest state change in the last free step", yscale="log",
                   title="how far the free phase settled (validation)")
     for ax in (ax_cos, ax_change):
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: off the curves
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out
 
