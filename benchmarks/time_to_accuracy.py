@@ -5,8 +5,8 @@ controls that change one thing at a time.
 
 ``--part main`` runs ours and the reference (``results/time_to_accuracy_main.json``), ``--part controls`` ours and
 the two controls (``results/time_to_accuracy_controls.json``), ``all`` (the default) the four
-(``results/time_to_accuracy.json``): every ratio is between settings of one run, and the parts each fit a sitting
-(all four take up to four hours). ``--settings`` picks settings by name instead (``_custom``).
+(``results/time_to_accuracy.json``): every ratio is between settings of one run. All four take up to four hours,
+``main`` up to two and ``controls`` up to three. ``--settings`` picks settings by name instead (``_custom``).
 
 Every setting trains the same spiking 2C2FC network (hidden 256, avg pooling, Sigma-Delta threshold 0.01) from the
 same initial weights on the same batches (Adam, lr 1e-3 constant, batch 64, symmetric estimator):

@@ -134,6 +134,15 @@ def test_time_to_accuracy_quick(tmp_path):
         assert 0.0 <= r["last_accuracy_2000"] <= 1.0 and r["reached"] == (r["seconds"] is not None)
 
 
+def test_time_to_accuracy_main_part_is_ours_against_the_reference(tmp_path):
+    out = tmp_path / "time_to_accuracy_main.json"
+    proc = run_benchmark("time_to_accuracy.py", "--quick", *TINY_2C2FC, "--budget", "0.1", "--eval-every", "1",
+                         "--test-subset", "100", "--part", "main", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    rows = {r["setting"]: r for r in records(out)}
+    assert set(rows) == {"ours", "reference"} and rows["reference"]["t1"] == 200
+
+
 @needs_fmnist
 def test_levers_quick(tmp_path):
     """The epoch part on a few batches, then the alignment part on a checkpoint of a tiny module."""
