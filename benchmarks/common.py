@@ -21,9 +21,8 @@ import torch
 
 from lightning_ep.data import DataNotFoundError, load_split
 from lightning_ep.ep import EPResult
-from lightning_ep.module import CURVATURE_SAMPLES
 from lightning_ep.network import ConvergentNetwork
-from lightning_ep.stability import curvature_penalty
+from lightning_ep.stability import CURVATURE_SAMPLES, curvature_penalty
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_DIR = RESULTS_DIR / "quick"  # --quick runs write here (git-ignored), never over the full results

@@ -38,6 +38,27 @@ def label(record: dict) -> str:
             f"{record['epochs']:g} ep{status}: test {100 * record['test_error']:.2f} %")
 
 
+def use_run_colours(ax: plt.Axes) -> None:
+    """One tab20 colour per run: more runs than the default 10 colours."""
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+
+
+def finish_axes(ax: plt.Axes, ncol: int = 1) -> None:
+    """Epochs from 0, a light grid, and the legend below the axes, off the curves."""
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol)
+
+
+def save(fig: plt.Figure, out: Path) -> Path:
+    """Write the figure, its legends included, and close it."""
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
 def plot(records: list[dict], out: Path) -> Path:
     with_curves = [r for r in records if r.get("curve")]
     datasets = [d for d in PAPER_ERROR if any(r["dataset"] == d for r in with_curves)]
@@ -45,7 +66,7 @@ def plot(records: list[dict], out: Path) -> Path:
         raise SystemExit("no run in training.json has a curve: record one with benchmarks/training.py first")
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 7.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # more runs than the default 10 colours
+        use_run_colours(ax)
         for record in (r for r in with_curves if r["dataset"] == dataset):
             epochs = [p["epoch"] for p in record["curve"]]
             errors = [100 * (1 - p["val_acc"]) for p in record["curve"]]
@@ -55,14 +76,8 @@ def plot(records: list[dict], out: Path) -> Path:
         percent = FuncFormatter(lambda value, _: f"{value:g}")
         ax.yaxis.set_major_formatter(percent)
         ax.yaxis.set_minor_formatter(percent)
-        ax.set_xlim(left=0)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: off the curves
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return out
+        finish_axes(ax, ncol=2)
+    return save(fig, out)
 
 
 def plot_gradient(records: list[dict], out: Path) -> Path | None:
@@ -74,7 +89,7 @@ def plot_gradient(records: list[dict], out: Path) -> Path | None:
         return None
     fig, (ax_cos, ax_change) = plt.subplots(1, 2, figsize=(13, 8.5))  # tall: the legends go below the axes
     for ax in (ax_cos, ax_change):
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # more runs than the default 10 colours
+        use_run_colours(ax)
     for record in runs:
         points = [p for p in record["curve"] if "alignment_cos_all" in p]
         name = f"{TITLES[record['dataset']]}: {label(record)}"
@@ -91,13 +106,8 @@ def plot_gradient(records: list[dict], out: Path) -> Path | None:
     ax_change.set(xlabel="epoch", ylabel="largest state change in the last free step", yscale="log",
                   title="how far the free phase settled (validation)")
     for ax in (ax_cos, ax_change):
-        ax.set_xlim(left=0)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: off the curves
-    fig.tight_layout()
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return out
+        finish_axes(ax)
+    return save(fig, out)
 
 
 def main() -> None:

@@ -11,10 +11,12 @@ the two controls (``results/time_to_accuracy_controls.json``), ``all`` (the defa
 Every setting trains the same spiking 2C2FC network (hidden 256, avg pooling, Sigma-Delta threshold 0.01) from the
 same initial weights on the same batches (Adam, lr 1e-3 constant, batch 64, symmetric estimator):
   ours            explicit closed-form dynamics, async (even/odd) updates over-relaxed (omega 1.3), free phase
-                  from a feed-forward sweep, T1=12, T2=8 (``recipes/configs/fmnist_feedforward.yaml``)
+                  from a feed-forward sweep, T1=12, T2=8, and the curvature bound 0.9 (the penalty of
+                  ``EPLightningModule(curvature_bound=0.9)``, inside the clock): the best of ``levers.py``'s one-epoch
+                  settings (``recipes/configs/fmnist_demo.yaml`` with ``--model.curvature_bound 0.9``)
   reference       autograd-of-energy dynamics, synchronous updates, from zeros, T1=200, T2=10, beta 0.2 (as in the
                   reference scripts)
-  ours_at_ref_T   control: our engine and start at the reference's T1=200, T2=10
+  ours_at_ref_T   control: our engine, start and curvature bound at the reference's T1=200, T2=10
   ref_at_our_T    control: the reference dynamics (autograd, sync, from zeros) at our T1=12, T2=8
 The clock counts training only. Every ``--eval-every`` training seconds a setting is evaluated, outside the clock,
 with its own free phase (the autograd settings through the explicit synchronous dynamics, which compute the same
@@ -23,9 +25,10 @@ the target on the whole 10,000-image test set. ``seconds`` is the training time 
 full-test accuracy reaches ``--target``; a setting that has not reached it within ``--budget`` training seconds is
 reported with ``reached: false`` and ``seconds: null``, and a ratio against it as a lower bound (``>``).
 Keys: setting, dataset, target_accuracy, seconds, reached, samples, test_accuracy (the last full-test accuracy
-measured, or null), last_accuracy_2000, budget_s, test_samples (10,000; fewer with ``--test-subset``, for smoke
-tests), t1, t2, update, dynamics, start, omega, curvature_bound (the curvature penalty's, or null), hardware,
-command.
+measured, or null), last_accuracy_2000, evaluations (each evaluation's training seconds, samples, accuracy_2000
+and test_accuracy, null where the full test set was not evaluated), budget_s, test_samples (10,000; fewer with
+``--test-subset``, for smoke tests), t1, t2, update, dynamics, start, omega, curvature_bound (the curvature
+penalty's, or null), hardware, command.
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ from lightning_ep import equilibrium_propagation, free_phase, two_conv_two_dense
 BETA = 0.2
 THRESHOLD = 0.01
 SETTINGS: dict[str, dict[str, Any]] = {
-    "ours": {"t1": 12, "t2": 8, "update": "async", "dynamics": "explicit", "start": "feedforward", "omega": 1.3},
+    "ours": {"t1": 12, "t2": 8, "update": "async", "dynamics": "explicit", "start": "feedforward", "omega": 1.3,
+             "curvature_bound": 0.9},
     "reference": {"t1": 200, "t2": 10, "update": "sync", "dynamics": "autograd", "start": "zeros", "omega": 1.0},
     "ours_at_ref_T": {"t1": 200, "t2": 10, "update": "async", "dynamics": "explicit", "start": "feedforward",
-                      "omega": 1.3},
+                      "omega": 1.3, "curvature_bound": 0.9},
     "ref_at_our_T": {"t1": 12, "t2": 8, "update": "sync", "dynamics": "autograd", "start": "zeros", "omega": 1.0},
 }
 PARTS = {"all": list(SETTINGS), "main": ["ours", "reference"], "controls": ["ours", "ours_at_ref_T", "ref_at_our_T"]}
@@ -72,7 +76,7 @@ def run(setting: str, args: argparse.Namespace, train: tuple, test: tuple) -> di
     batches = len(y_all) // 64
     train_seconds, samples, batch_idx, next_eval = 0.0, 0, 0, args.eval_every
     out: dict[str, Any] = {"setting": setting, "seconds": None, "reached": False, "test_accuracy": None,
-                           "curvature_bound": None, **cfg}
+                           "curvature_bound": None, **cfg, "evaluations": []}
     while train_seconds < args.budget:
         if batch_idx % batches == 0 and batch_idx:
             order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(batch_idx))
@@ -91,9 +95,11 @@ def run(setting: str, args: argparse.Namespace, train: tuple, test: tuple) -> di
         next_eval += args.eval_every
         first = accuracy(net, x_test[:2000], y_test[:2000], cfg)
         out["last_accuracy_2000"] = first
+        point = {"seconds": round(train_seconds, 1), "samples": samples, "accuracy_2000": first, "test_accuracy": None}
+        out["evaluations"].append(point)
         line = f"  {setting}: {samples} samples, {train_seconds:.0f} s, test[:2000] {first:.4f}"
         if first >= args.target - 0.01:
-            out["test_accuracy"] = full = accuracy(net, x_test, y_test, cfg)
+            out["test_accuracy"] = point["test_accuracy"] = full = accuracy(net, x_test, y_test, cfg)
             line += f", test {full:.4f}"
             if full >= args.target:
                 print(line, flush=True)

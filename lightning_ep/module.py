@@ -22,10 +22,9 @@ from lightning_ep.data.sampler import MidEpochResume
 from lightning_ep.dynamics import START_KINDS, Relaxation, check_omega
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
-from lightning_ep.stability import check_quadratic, curvature_penalty
+from lightning_ep.stability import CURVATURE_SAMPLES, check_quadratic, curvature_penalty
 
 Method = Literal["ep", "bptt"]
-CURVATURE_SAMPLES = 8  # training samples a batch whose free state's curvature is penalised (curvature_bound)
 
 
 class EPLightningModule(LightningModule):

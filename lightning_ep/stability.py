@@ -19,6 +19,8 @@ from torch import Tensor
 
 from lightning_ep.network import ConvergentNetwork
 
+CURVATURE_SAMPLES = 8  # training samples a batch whose free state's curvature is penalised (curvature_bound)
+
 
 def _coupling(net: ConvergentNetwork, v: Sequence[Tensor], offsets: Sequence[Tensor | None]) -> list[Tensor]:
     """``A v``: each layer gets the linear part of its forward drive from the layer below (not from the input,

@@ -132,6 +132,7 @@ def test_time_to_accuracy_quick(tmp_path):
     for r in rows.values():
         assert r["samples"] > 0 and r["test_samples"] == 200 and r["target_accuracy"] <= 0.5
         assert 0.0 <= r["last_accuracy_2000"] <= 1.0 and r["reached"] == (r["seconds"] is not None)
+        assert r["evaluations"] and r["evaluations"][-1]["accuracy_2000"] == r["last_accuracy_2000"]
 
 
 def test_time_to_accuracy_main_part_is_ours_against_the_reference(tmp_path):
@@ -141,6 +142,7 @@ def test_time_to_accuracy_main_part_is_ours_against_the_reference(tmp_path):
     assert proc.returncode == 0, explain(proc)
     rows = {r["setting"]: r for r in records(out)}
     assert set(rows) == {"ours", "reference"} and rows["reference"]["t1"] == 200
+    assert (rows["ours"]["curvature_bound"], rows["reference"]["curvature_bound"]) == (0.9, None)
 
 
 @needs_fmnist
