@@ -1,11 +1,15 @@
 """Learning curves of the recorded training runs: validation error per epoch, one panel per dataset.
 
     python benchmarks/plot_training.py [--out docs/training_curves.png] [--gradient-out docs/training_gradient.png]
+                                       [--pooling-out docs/training_pooling.png]
 
 Reads ``benchmarks/results/training.json`` (written by ``benchmarks/training.py``); runs recorded without a
 ``curve`` are left out. Each run's final test error is in its legend entry; the dotted line is the paper's. The
 second figure shows, for the runs that measured it, the EP gradient's cosine to the run's BPTT reference along
-training and how far the free phase settled.
+training and how far the free phase settled. The third compares max with average pooling (the paper's claim): the
+complete max-pooling runs that recorded the route statistics (``ActivationDiagnostics``), each average-pooling run
+of the same settings, and the route sums of the paper's Figure 2 along training (the table's start, middle and end
+are printed).
 """
 
 from __future__ import annotations
@@ -25,15 +29,21 @@ PAPER_ERROR = {"mnist": 0.0097, "fashion_mnist": 0.0889}
 TITLES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
+def curvature_bound(record: dict) -> str | float | None:
+    """The run's curvature bound (None: unbounded), read from its command for records older than the field."""
+    bound = record.get("curvature_bound")
+    command = record.get("command", "")
+    if bound is None and "--model.curvature_bound" in command:
+        bound = command.split("--model.curvature_bound")[1].split()[0].lstrip("=")
+    return None if bound in (None, "null") else bound
+
+
 def label(record: dict) -> str:
     """Legend entry: method, neuron, pooling, width, curvature bound, epochs, test error, and partial when cut."""
     neuron = f"spiking θ={record['threshold']:g}" if record["spiking"] else "non-spiking"
     status = "" if record["complete"] else ", partial"
-    bound = record.get("curvature_bound")
-    command = record.get("command", "")
-    if bound is None and "--model.curvature_bound" in command:  # records from before it was a field
-        bound = command.split("--model.curvature_bound")[1].split()[0].lstrip("=")
-    curvature = "" if bound in (None, "null") else f" λ≤{bound}"
+    bound = curvature_bound(record)
+    curvature = "" if bound is None else f" λ≤{bound}"
     return (f"{record['method'].upper()} {neuron} {record['pooling']} h{record['hidden'][0]}{curvature}, "
             f"{record['epochs']:g} ep{status}: test {100 * record['test_error']:.2f} %")
 
@@ -110,16 +120,87 @@ def plot_gradient(records: list[dict], out: Path) -> Path | None:
     return save(fig, out)
 
 
+#: Settings a max-pooling run and its average-pooling counterpart share.
+SAME_SETTINGS = ("dataset", "method", "hidden", "threshold", "t1", "t2", "beta", "max_epochs")
+
+
+def pooling_runs(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The complete max-pooling runs with route statistics, and the complete average-pooling runs of the same
+    settings (unbounded, like them)."""
+    maxed = [r for r in records if r.get("pooling") == "max" and r.get("activations") and r["complete"]]
+    keys = {tuple(str(r.get(k)) for k in SAME_SETTINGS) for r in maxed}
+    averaged = [r for r in records if r.get("pooling") == "avg" and r["complete"] and r.get("curve")
+                and curvature_bound(r) is None and tuple(str(r.get(k)) for k in SAME_SETTINGS) in keys]
+    return maxed, averaged
+
+
+def route_sums_table(record: dict) -> list[str]:
+    """The paper's Figure 2 statistic (per-sample summed forward and backward route, mean over the batch) per conv
+    layer at the start, middle and end of training."""
+    history = record["activations"]
+    forward, backward = (history[0]["quantities"].index(q) for q in ("forward_sum", "backward_sum"))
+    rows = []
+    for where, point in zip(("start", "middle", "end"), (history[0], history[len(history) // 2], history[-1]),
+                            strict=True):
+        cells = [f"conv{layer + 1} {row[forward]:.1f} / {row[backward]:.1f}" for layer, row in enumerate(point["mean"])]
+        rows.append(f"{label(record)} | step {point['step']} ({where}): forward / backward " + ", ".join(cells))
+    return rows
+
+
+def plot_pooling(records: list[dict], out: Path) -> Path | None:
+    """Max against average pooling over full runs: validation error, the EP gradient's cosine to BPTT, and the
+    summed forward and backward routes of each conv layer (Figure 2) along training."""
+    maxed, averaged = pooling_runs(records)
+    if not maxed:
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(13, 11))
+    (ax_err, ax_cos), route_axes = axes
+    colour = {id(r): c for r, c in zip(maxed + averaged, plt.get_cmap("tab10").colors * 10, strict=False)}
+    for record in maxed + averaged:
+        name, c = label(record), colour[id(record)]
+        ax_err.plot([p["epoch"] for p in record["curve"]], [100 * (1 - p["val_acc"]) for p in record["curve"]],
+                    marker="o", markersize=3, color=c, label=name)
+        points = [p for p in record["curve"] if "alignment_cos_all" in p]
+        ax_cos.plot([p["epoch"] for p in points], [p["alignment_cos_all"] for p in points], marker="o",
+                    markersize=3, color=c, label=name if points else f"{name} (not measured)")
+    steps_per_epoch = {id(r): r["global_steps"] / r["epochs"] for r in maxed}
+    for layer, ax in enumerate(route_axes):
+        for record in maxed:
+            history = record["activations"]
+            quantities = history[0]["quantities"]
+            epochs = [a["step"] / steps_per_epoch[id(record)] for a in history]
+            neuron = "spiking" if record["spiking"] else "non-spiking"
+            for q, style in (("forward_sum", "-"), ("backward_sum", "--")):
+                k = quantities.index(q)
+                ax.plot(epochs, [a["mean"][layer][k] for a in history], linestyle=style, marker="o", markersize=3,
+                        color=colour[id(record)], label=f"{neuron}: {q.replace('_sum', ' route')}")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set(xlabel="epoch", ylabel="summed route activation per sample (batch mean)",
+               title=f"max pooling, conv{layer + 1}: forward route P(W*X) vs backward route Wᵀ*Pᵀ(X)\n"
+                     "(the paper's Figure 2, nudged phase)")
+    ax_err.set(xlabel="epoch", ylabel="validation error (%)", title="max vs average pooling: validation error")
+    ax_cos.set(xlabel="epoch", ylabel="cos(EP, BPTT reference)", ylim=(-0.5, 1.02),
+               title="EP gradient against BPTT (64 held-out images)")
+    for ax in axes.flat:
+        finish_axes(ax)
+    return save(fig, out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "training.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "training_curves.png")
     parser.add_argument("--gradient-out", type=Path, default=ROOT / "docs" / "training_gradient.png")
+    parser.add_argument("--pooling-out", type=Path, default=ROOT / "docs" / "training_pooling.png")
     args = parser.parse_args()
     records = json.loads(args.results.read_text())
     print(f"wrote {plot(records, args.out)}")
     written = plot_gradient(records, args.gradient_out)
     print(f"wrote {written}" if written else "no run measured its gradient along training: no gradient plot")
+    written = plot_pooling(records, args.pooling_out)
+    print(f"wrote {written}" if written else "no complete max-pooling run with route statistics: no pooling plot")
+    for record in pooling_runs(records)[0]:
+        print("\n".join(route_sums_table(record)))
 
 
 if __name__ == "__main__":

@@ -241,10 +241,22 @@ def test_plot_training_draws_given_records(tmp_path):
         return {"dataset": dataset, "method": "ep", "spiking": True, "threshold": 0.01, "pooling": "avg",
                 "hidden": [256], "epochs": 1.5, "complete": True, "test_error": 0.2, "curve": curve}
 
+    def maxed(spiking: bool) -> dict:
+        quantities = ["forward_sum", "backward_sum", "x_forward", "y_forward", "x_backward", "y_backward"]
+        history = [{"step": step, "quantities": quantities, "std": [[1.0] * 6] * 2,
+                    "mean": [[100.0 - step, 50.0 + step, 0.3, 0.1, 0.1, 0.2], [90.0, 30.0 - step, 0.1, 0.1, 0.1, 0.0]]}
+                   for step in (0, 2, 4)]
+        return {**run("fashion_mnist", 0.7), "pooling": "max", "spiking": spiking, "threshold": 0.01 * spiking,
+                "global_steps": 6, "activations": history}
+
     results = tmp_path / "training.json"
-    results.write_text(json.dumps([run("fashion_mnist", 0.8), run("mnist", 0.9)]))
-    curves, gradient = tmp_path / "curves.png", tmp_path / "gradient.png"
+    partial = {**maxed(True), "complete": False}  # a cut run is left out of the pooling figure
+    results.write_text(json.dumps([run("fashion_mnist", 0.8), run("mnist", 0.9), maxed(True), maxed(False), partial]))
+    curves, gradient, pooling = tmp_path / "curves.png", tmp_path / "gradient.png", tmp_path / "pooling.png"
     proc = run_benchmark("plot_training.py", "--results", results, "--out", curves, "--gradient-out", gradient,
-                         cwd=tmp_path)
+                         "--pooling-out", pooling, cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
-    assert curves.stat().st_size > 10_000 and gradient.stat().st_size > 10_000
+    assert curves.stat().st_size > 10_000 and gradient.stat().st_size > 10_000 and pooling.stat().st_size > 10_000
+    table = [line for line in proc.stdout.splitlines() if "forward / backward" in line]
+    assert len(table) == 6  # start, middle and end of the two complete max-pooling runs
+    assert "step 2 (middle): forward / backward conv1 98.0 / 52.0, conv2 90.0 / 28.0" in table[1]
