@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from itertools import cycle, islice
 from pathlib import Path
 
 import matplotlib
@@ -48,6 +49,17 @@ def label(record: dict) -> str:
             f"{record['epochs']:g} ep{status}: test {100 * record['test_error']:.2f} %")
 
 
+def error_curve(record: dict) -> tuple[list[float], list[float]]:
+    """Epochs and validation error (%) along the run."""
+    return [p["epoch"] for p in record["curve"]], [100 * (1 - p["val_acc"]) for p in record["curve"]]
+
+
+def cosine_curve(record: dict, key: str = "alignment_cos_all") -> tuple[list[float], list[float]]:
+    """Epochs and the EP-vs-BPTT cosine (``key``: over all parameters, or ``alignment_cos_min``) where measured."""
+    points = [p for p in record["curve"] if key in p]
+    return [p["epoch"] for p in points], [p[key] for p in points]
+
+
 def use_run_colours(ax: plt.Axes) -> None:
     """One tab20 colour per run: more runs than the default 10 colours."""
     ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
@@ -78,9 +90,7 @@ def plot(records: list[dict], out: Path) -> Path:
     for ax, dataset in zip(axes[0], datasets, strict=True):
         use_run_colours(ax)
         for record in (r for r in with_curves if r["dataset"] == dataset):
-            epochs = [p["epoch"] for p in record["curve"]]
-            errors = [100 * (1 - p["val_acc"]) for p in record["curve"]]
-            ax.plot(epochs, errors, marker="o", markersize=3, label=label(record))
+            ax.plot(*error_curve(record), marker="o", markersize=3, label=label(record))
         ax.axhline(100 * PAPER_ERROR[dataset], color="k", linestyle=":", label="paper (test error)")
         ax.set(title=TITLES[dataset], xlabel="epoch", ylabel="validation error (%)", yscale="log")
         percent = FuncFormatter(lambda value, _: f"{value:g}")
@@ -101,12 +111,10 @@ def plot_gradient(records: list[dict], out: Path) -> Path | None:
     for ax in (ax_cos, ax_change):
         use_run_colours(ax)
     for record in runs:
-        points = [p for p in record["curve"] if "alignment_cos_all" in p]
         name = f"{TITLES[record['dataset']]}: {label(record)}"
-        (line,) = ax_cos.plot([p["epoch"] for p in points], [p["alignment_cos_all"] for p in points], marker="o",
-                              markersize=3, label=name)
-        ax_cos.plot([p["epoch"] for p in points], [p["alignment_cos_min"] for p in points], linestyle="--",
-                    color=line.get_color(), alpha=0.6, label="_nolegend_")
+        (line,) = ax_cos.plot(*cosine_curve(record), marker="o", markersize=3, label=name)
+        ax_cos.plot(*cosine_curve(record, "alignment_cos_min"), linestyle="--", color=line.get_color(), alpha=0.6,
+                    label="_nolegend_")
         ax_change.plot([p["epoch"] for p in record["curve"]], [p["val_change_free"] for p in record["curve"]],
                        marker="o", markersize=3, label=name)
     ax_cos.set(xlabel="epoch", ylabel="cos(EP, BPTT reference)", ylim=(-0.5, 1.02),
@@ -147,33 +155,28 @@ def route_sums_table(record: dict) -> list[str]:
     return rows
 
 
-def plot_pooling(records: list[dict], out: Path) -> Path | None:
-    """Max against average pooling over full runs: validation error, the EP gradient's cosine to BPTT, and the
-    summed forward and backward routes of each conv layer (Figure 2) along training."""
-    maxed, averaged = pooling_runs(records)
-    if not maxed:
-        return None
+def plot_pooling(maxed: list[dict], averaged: list[dict], out: Path) -> Path:
+    """Max against average pooling over full runs (see :func:`pooling_runs`): validation error, the EP gradient's
+    cosine to BPTT, and the summed forward and backward routes of each conv layer (Figure 2) along training."""
     fig, axes = plt.subplots(2, 2, figsize=(13, 11))
     (ax_err, ax_cos), route_axes = axes
-    colour = {id(r): c for r, c in zip(maxed + averaged, plt.get_cmap("tab10").colors * 10, strict=False)}
-    for record in maxed + averaged:
-        name, c = label(record), colour[id(record)]
-        ax_err.plot([p["epoch"] for p in record["curve"]], [100 * (1 - p["val_acc"]) for p in record["curve"]],
-                    marker="o", markersize=3, color=c, label=name)
-        points = [p for p in record["curve"] if "alignment_cos_all" in p]
-        ax_cos.plot([p["epoch"] for p in points], [p["alignment_cos_all"] for p in points], marker="o",
-                    markersize=3, color=c, label=name if points else f"{name} (not measured)")
-    steps_per_epoch = {id(r): r["global_steps"] / r["epochs"] for r in maxed}
+    colours = list(islice(cycle(plt.get_cmap("tab10").colors), len(maxed + averaged)))  # the same in every panel
+    for record, colour in zip(maxed + averaged, colours, strict=True):
+        name = label(record)
+        ax_err.plot(*error_curve(record), marker="o", markersize=3, color=colour, label=name)
+        epochs, cosines = cosine_curve(record)
+        ax_cos.plot(epochs, cosines, marker="o", markersize=3, color=colour,
+                    label=name if cosines else f"{name} (not measured)")
     for layer, ax in enumerate(route_axes):
-        for record in maxed:
+        for record, colour in zip(maxed, colours, strict=False):  # the max-pooling runs come first
             history = record["activations"]
             quantities = history[0]["quantities"]
-            epochs = [a["step"] / steps_per_epoch[id(record)] for a in history]
+            epochs = [a["step"] * record["epochs"] / record["global_steps"] for a in history]
             neuron = "spiking" if record["spiking"] else "non-spiking"
             for q, style in (("forward_sum", "-"), ("backward_sum", "--")):
                 k = quantities.index(q)
                 ax.plot(epochs, [a["mean"][layer][k] for a in history], linestyle=style, marker="o", markersize=3,
-                        color=colour[id(record)], label=f"{neuron}: {q.replace('_sum', ' route')}")
+                        color=colour, label=f"{neuron}: {q.replace('_sum', ' route')}")
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set(xlabel="epoch", ylabel="summed route activation per sample (batch mean)",
                title=f"max pooling, conv{layer + 1}: forward route P(W*X) vs backward route Wᵀ*Pᵀ(X)\n"
@@ -197,9 +200,12 @@ def main() -> None:
     print(f"wrote {plot(records, args.out)}")
     written = plot_gradient(records, args.gradient_out)
     print(f"wrote {written}" if written else "no run measured its gradient along training: no gradient plot")
-    written = plot_pooling(records, args.pooling_out)
-    print(f"wrote {written}" if written else "no complete max-pooling run with route statistics: no pooling plot")
-    for record in pooling_runs(records)[0]:
+    maxed, averaged = pooling_runs(records)
+    if not maxed:
+        print("no complete max-pooling run with route statistics: no pooling plot")
+        return
+    print(f"wrote {plot_pooling(maxed, averaged, args.pooling_out)}")
+    for record in maxed:
         print("\n".join(route_sums_table(record)))
 
 
