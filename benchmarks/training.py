@@ -11,12 +11,12 @@ Each record: dataset, method ("ep"/"bptt"), spiking, pooling, epochs (trained, f
 wall_s (fit + test; for a resumed run, the earlier parts' fit up to their checkpoint too), hardware, command,
 complete (all configured epochs ran, not cut by max_time/max_steps or a train subset), parts (1 + resumes),
 resumed_from (the checkpoint of the last resume, or None), plus the settings that matter (threshold, hidden, t1,
-t2, beta, optimizer and weight_decay, bptt_truncate, curvature_bound and its iters, batch_size, train_samples;
-records before a field existed name the setting in their command only), ``activations`` (the paper's Figure 2/3
-statistics along training, with an ``ActivationDiagnostics`` callback; else None) and ``curve``: one point per
-validation (see ``CurveRecorder``), printed as it grows. EP runs measure the cosine between
-the EP and the BPTT gradient every ``ALIGNMENT_EVERY`` steps on a fixed batch of validation images; the BPTT
-gradient goes through ``ALIGNMENT_BPTT_T1`` free steps of the network without spikes, where it has settled: the
+t2, beta, optimizer and weight_decay, bptt_truncate, bptt_objective (BPTT runs), curvature_bound and its iters,
+batch_size, train_samples; records before a field existed name the setting in their command only),
+``activations`` (the paper's Figure 2/3 statistics along training, with an ``ActivationDiagnostics`` callback; else
+None) and ``curve``: one point per validation (see ``CurveRecorder``), printed as it grows. EP runs measure the
+cosine between the EP and the BPTT gradient every ``ALIGNMENT_EVERY`` steps on a fixed batch of validation images; the
+BPTT gradient goes through ``ALIGNMENT_BPTT_T1`` free steps of the network without spikes, where it has settled: the
 gradient the EP estimate aims at. (Through the module's own T1, unsettled, BPTT's gradient is a different and
 unstable one; through the spikes, the straight-through gradient grows without bound at a spiking fixed point.)
 Records made before this choice (the first paper-config FashionMNIST run) used the spiking network through 100
@@ -193,6 +193,7 @@ def main(argv: list[str]) -> dict:
         "threshold": cli.model.net.threshold, "t1": hp.t1,
         "t2": hp.t2, "beta": hp.beta, "loss": hp.loss, "start": hp.start, "omega": hp.omega, "tol": hp.tol,
         "lr": hp.lr, **optimizer_summary(trainer), "bptt_truncate": hp.get("bptt_truncate"),
+        "bptt_objective": hp.get("bptt_objective", "free") if hp.method == "bptt" else None,
         "curvature_bound": hp.get("curvature_bound"),
         "curvature_iters": hp.get("curvature_iters") if hp.get("curvature_bound") is not None else None,
         "batch_size": data.hparams.batch_size,

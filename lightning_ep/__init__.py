@@ -1,7 +1,7 @@
 """lightning_ep: Equilibrium Propagation for convolutional spiking convergent networks."""
 
 from lightning_ep.blocks import SpikingConv2d, SpikingLinear
-from lightning_ep.bptt import BPTTResult, bptt_loss
+from lightning_ep.bptt import BPTTResult, bptt_loss, nudged_bptt_loss
 from lightning_ep.dynamics import DivergenceError, NetworkState, Relaxation, relax, relax_autograd
 from lightning_ep.ep import EPResult, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, two_conv_two_dense
@@ -37,6 +37,7 @@ __all__ = [
     "equilibrium_propagation",
     "free_phase",
     "latency_steps",
+    "nudged_bptt_loss",
     "phase_cost",
     "relax",
     "relax_autograd",

@@ -1,5 +1,12 @@
-"""The BPTT oracle: the loss at the end of the free phase, differentiated by autograd through every step of the
-same dynamics (through the spikes with their surrogate gradient). EP is judged against its gradient."""
+"""BPTT through the same dynamics (through the spikes with their surrogate gradient), differentiated by autograd.
+
+``bptt_loss``, the oracle: the loss at the end of the free phase; EP is judged against its gradient.
+``nudged_bptt_loss``, the trainer (the default of ``method="bptt"``): the loss at the end of a nudged phase of
+strength ``nudge`` from the free state. By the EP identity d/dβ ∂F/∂θ(s^β) = d/dθ ℓ(s^β), EP's symmetric estimate at
+β is the exact gradient of the loss averaged over the nudged equilibria, (1/2β)∫_{-β}^{β} ℓ(s^{β'}) dβ'; with
+``nudge`` drawn uniformly from [-β, β] (per sample: ``draw_nudges``), the nudged BPTT gradient is an unbiased
+sample of that gradient (at settled phases), so BPTT and EP optimise the same objective. (Plain BPTT is EP's
+β → 0 limit, which trains worse.)"""
 
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ class BPTTResult:
     loss: Tensor
     logits: Tensor
     free: Relaxation
+    nudged: Relaxation | None = None  # the nudged phase the loss is taken after (``nudged_bptt_loss``)
 
 
 def bptt_loss(
@@ -70,3 +78,49 @@ def bptt_loss(
         raise DivergenceError(f"the BPTT loss is {loss.item()}: a parameter is probably inf/NaN. Lower the "
                               "learning rate, or clip the gradients.")
     return BPTTResult(loss, logits, free)
+
+
+def nudged_bptt_loss(
+    net: ConvergentNetwork,
+    x: Tensor,
+    y: Tensor,
+    nudge: float | Tensor,
+    t1: int = 60,
+    t2: int = 20,
+    update: UpdateOrder = "async",
+    init: NetworkState | StartKind | None = None,
+    omega: float = 1.0,
+    nudged_omega: float = 1.0,
+) -> BPTTResult:
+    """Mean loss after ``t2`` steps nudged at strength ``nudge`` (of either sign, as EP's phases; one for the batch
+    or a tensor of one per sample) from the state ``t1`` free steps from ``init`` reached, with the autograd graph
+    through the nudged steps only (and through the input drive); the free phase runs without a graph. ``logits``:
+    the free state's (the prediction). ``omega`` is the free phase's relaxation factor, ``nudged_omega`` the nudged
+    steps': plain steps (1) by default, since over-relaxed steps overshoot by design and BPTT through an
+    overshooting, unsettled phase can collapse training. Draw ``nudge`` uniformly from [-beta, beta]
+    (:func:`draw_nudges`) to sample the gradient of EP's objective."""
+    net.check_input(x, y)
+    check_steps("t1", t1)
+    check_steps("t2", t2)
+    strengths = torch.as_tensor(nudge, dtype=torch.float64)
+    if not bool(torch.isfinite(strengths).all()):
+        raise ValueError(f"nudge (the strength of the nudged phase) must be finite, got {nudge}")
+    if net.readout is None and bool((strengths <= -1.0).any()):
+        raise ValueError(f"nudge must be > -1 with the mse output (1 + nudge > 0), got {nudge}")
+    y = y.long()
+    with torch.no_grad():
+        x_drive = input_drive(net, x)
+        free = relax(net, x_drive, start_state(net, x_drive, init)[0], t1, update=update, omega=omega)
+    x_drive = input_drive(net, x)  # with its graph: the drive's parameters get their gradient too
+    nudged = relax(net, x_drive, free.state.detach(), t2, nudge, y, update=update, omega=nudged_omega)
+    loss = net.loss(nudged.state.s, y).mean()
+    if not torch.isfinite(loss):
+        raise DivergenceError(f"the BPTT loss is {loss.item()}: a parameter is probably inf/NaN. Lower the "
+                              "learning rate, or clip the gradients.")
+    return BPTTResult(loss, net.logits(free.state.s), free, nudged)
+
+
+def draw_nudges(beta: float, batch: int, generator: torch.Generator | None = None) -> Tensor:
+    """One nudge strength per sample, drawn uniformly from [-beta, beta] (float64, on the CPU, from ``generator``):
+    per sample rather than one per batch, so that the batch's gradient averages over the nudges."""
+    return (2.0 * torch.rand(batch, generator=generator, dtype=torch.float64) - 1.0) * beta

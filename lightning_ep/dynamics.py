@@ -164,7 +164,9 @@ def _drive(net: ConvergentNetwork, i: int, x_drive: Tensor, r: list[Tensor], cac
     return d if fb is None else d + fb
 
 
-def _nudged(net: ConvergentNetwork, d: Tensor, s_last: Tensor, beta: float, y1h: Tensor, exact: bool) -> Tensor:
+def _nudged(
+    net: ConvergentNetwork, d: Tensor, s_last: Tensor, beta: float | Tensor, y1h: Tensor, exact: bool
+) -> Tensor:
     """Add the nudge ``-beta dloss/ds_L`` to the last layer's drive. For mse and ``exact``, the closed-form
     minimiser ``(d + beta y) / (1 + beta)`` (the same fixed point as the prototypical ``d + beta (y - s)``)."""
     if net.readout is None:
@@ -178,7 +180,7 @@ def relax(
     x_drive: Tensor,
     state: NetworkState,
     steps: int,
-    beta: float = 0.0,
+    beta: float | Tensor = 0.0,
     y: Tensor | None = None,
     update: UpdateOrder = "async",
     tol: float | None = None,
@@ -196,18 +198,23 @@ def relax(
     makes the Sigma-Delta neurons round their graded spike counts stochastically (unbiased transmission; the
     states then fluctuate around the fixed point by about a threshold). ``average_last``: also return the states
     averaged over the last that many steps (``Relaxation.mean_s``), which averages that fluctuation out; it needs
-    ``tol=None`` (a phase cut early would have no such window).
-    Differentiable (BPTT) when run with autograd enabled."""
+    ``tol=None`` (a phase cut early would have no such window). ``beta``: one nudge strength, or a tensor of one
+    per sample (shape ``(batch,)``). Differentiable (BPTT) when run with autograd enabled."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if update not in ("async", "sync"):
         raise ValueError(f"unknown update order {update!r}: use 'async' or 'sync'")
-    if beta != 0.0 and y is None:
+    nudging = isinstance(beta, Tensor) or beta != 0.0
+    if nudging and y is None:
         raise ValueError("a nudged phase (beta != 0) needs the labels y")
+    if isinstance(beta, Tensor):
+        if beta.shape != (x_drive.shape[0],):
+            raise ValueError(f"a per-sample beta needs shape (batch,) = ({x_drive.shape[0]},), got {tuple(beta.shape)}")
+        beta = beta.to(x_drive).view(-1, *[1] * len(net.state_shapes[-1]))  # broadcasts over the last layer
     check_omega(omega)
     check_average_last(average_last, steps, tol)
     n = len(state.s)
-    y1h = F.one_hot(y, net.num_classes).to(x_drive.dtype) if beta != 0.0 else x_drive
+    y1h = F.one_hot(y, net.num_classes).to(x_drive.dtype) if nudging else x_drive
     groups = [list(range(0, n, 2)), list(range(1, n, 2))] if update == "async" else [list(range(n))]
     s, r = list(state.s), list(state.r)
     spikes = [torch.zeros((), device=x_drive.device, dtype=x_drive.dtype) for _ in range(n)]
@@ -232,7 +239,7 @@ def relax(
                     d = fb.add_(forward[i])  # fb is a fresh tensor; forward[0] is the input drive, kept intact
                 else:
                     d = forward[i] + fb
-                if i == n - 1 and beta != 0.0:
+                if i == n - 1 and nudging:
                     d = _nudged(net, d, s[i], beta, y1h, exact=update == "async")
                 if omega != 1.0:
                     d = torch.lerp(s[i], d, omega)

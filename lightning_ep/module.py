@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_ep.bptt import bptt_loss
+from lightning_ep.bptt import BPTTResult, bptt_loss, draw_nudges, nudged_bptt_loss
 from lightning_ep.data.sampler import MidEpochResume
 from lightning_ep.dynamics import START_KINDS, Relaxation, check_omega
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
@@ -25,6 +25,7 @@ from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
 from lightning_ep.stability import CURVATURE_SAMPLES, check_quadratic, curvature_penalty
 
 Method = Literal["ep", "bptt"]
+BPTTObjective = Literal["nudged", "free"]
 
 
 class EPLightningModule(LightningModule):
@@ -36,8 +37,12 @@ class EPLightningModule(LightningModule):
     shortcut: ``channels``/``kernel_size``/``padding``/``pooling`` for every conv layer and ``hidden`` dense
     widths. Then ``num_classes`` outputs (``loss='mse'``: an output layer nudged to one-hot; ``'ce'``: a linear
     read-out).
-    Training: ``method`` 'ep' (phases of ``t1``/``t2`` steps, ``beta``, ``estimator``) or 'bptt' (through the
-    ``t1`` free steps of the same dynamics, or only their last ``bptt_truncate``). ``eval_t1`` free steps for
+    Training: ``method`` 'ep' (phases of ``t1``/``t2`` steps, ``beta``, ``estimator``) or 'bptt' through the same
+    dynamics, of ``bptt_objective`` 'nudged' (EP's objective, the loss after ``t2`` steps nudged at a strength
+    drawn uniformly from [-beta, beta] per sample, from the free state after ``t1`` steps, backpropagated through
+    the nudged steps, which run at omega 1; ``lightning_ep.bptt``) or 'free' (the loss after the ``t1`` free steps,
+    through all of them or only their last ``bptt_truncate``); by default 'free' with ``bptt_truncate``, else
+    'nudged'. ``eval_t1`` free steps for
     validation/test (default ``t1``). Every free phase starts from ``start``: zeros, or a feed-forward sweep
     (``'feedforward'``). ``omega``: the relaxation factor of every update (1: plain block-coordinate descent; in
     (1, 2): over-relaxation). ``dither``: dithered Sigma-Delta in EP's training phases (stochastic rounding of the
@@ -77,6 +82,7 @@ class EPLightningModule(LightningModule):
         t1: int = 40,
         t2: int = 15,
         eval_t1: int | None = None,
+        bptt_objective: BPTTObjective | None = None,
         bptt_truncate: int | None = None,
         estimator: Literal["symmetric", "one_sided", "random_sign"] = "symmetric",
         update: Literal["async", "sync"] = "async",
@@ -126,9 +132,16 @@ class EPLightningModule(LightningModule):
                 check_quadratic(self.net)
             except ValueError as err:
                 raise ValueError(f"curvature_bound: {err}") from err
-        if bptt_truncate is not None and (method != "bptt" or not 1 <= bptt_truncate <= t1):
-            raise ValueError(f"bptt_truncate (the last free steps BPTT goes through) needs method='bptt' and "
-                             f"1 <= bptt_truncate <= t1 ({t1}), got {bptt_truncate} with method={method!r}")
+        if bptt_objective is None:  # (so checkpoints of truncated BPTT from before this argument load as they ran)
+            bptt_objective = "free" if bptt_truncate is not None else "nudged"
+            self.hparams.bptt_objective = bptt_objective
+        if bptt_objective not in ("nudged", "free"):
+            raise ValueError(f"unknown bptt_objective {bptt_objective!r}: use 'nudged' or 'free'")
+        if bptt_truncate is not None and (method != "bptt" or bptt_objective != "free"
+                                          or not 1 <= bptt_truncate <= t1):
+            raise ValueError(f"bptt_truncate (the last free steps BPTT goes through) needs method='bptt', "
+                             f"bptt_objective='free' and 1 <= bptt_truncate <= t1 ({t1}), got {bptt_truncate} with "
+                             f"method={method!r}, bptt_objective={bptt_objective!r}")
         self._check_optimisation(optimizer, scheduler, scheduler_interval, weight_decay, momentum)
         # The objects themselves (under LightningCLI, hparams hold their class_path/init_args instead).
         self._optimizer = optimizer
@@ -182,7 +195,8 @@ class EPLightningModule(LightningModule):
 
     @property
     def generator(self) -> torch.Generator:
-        """The random-sign estimator's generator, seeded with ``seed`` (its state travels in checkpoints)."""
+        """The generator of the random-sign estimator (EP) or of the nudge strengths (nudged BPTT), seeded with
+        ``seed`` (its state travels in checkpoints)."""
         if self._generator is None:
             self._generator = torch.Generator().manual_seed(self.hparams.seed)
         return self._generator
@@ -294,6 +308,15 @@ class EPLightningModule(LightningModule):
             generator or self.generator, hp.start, hp.omega, dither, hp.get("average_last", 0),
         )
 
+    def run_bptt(self, x: Tensor, y: Tensor) -> BPTTResult:
+        """BPTT's loss on a batch with this module's settings (``bptt_objective``); the nudge strengths come from
+        the module's generator."""
+        hp = self.hparams
+        if hp.bptt_objective == "free":
+            return bptt_loss(self.net, x, y, hp.t1, hp["update"], hp.start, hp.omega, hp.get("bptt_truncate"))
+        nudge = draw_nudges(hp.beta, len(y), self.generator)
+        return nudged_bptt_loss(self.net, x, y, nudge, hp.t1, hp.t2, hp["update"], hp.start, hp.omega)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         hp = self.hparams
@@ -302,8 +325,13 @@ class EPLightningModule(LightningModule):
             self.last_result = res
             objective, logits, loss, phases = res.surrogate, res.logits, res.loss, res.phases
         else:
-            out = bptt_loss(self.net, x, y, hp.t1, hp["update"], hp.start, hp.omega, hp.get("bptt_truncate"))
-            objective, logits, loss, phases = out.loss, out.logits.detach(), out.loss.detach(), {"free": out.free}
+            out = self.run_bptt(x, y)
+            objective, logits, phases = out.loss, out.logits.detach(), {"free": out.free}
+            if out.nudged is None:
+                loss = out.loss.detach()
+            else:  # the free state's loss, as EP logs
+                loss = self.net.loss(out.free.state.s, y).mean().detach()
+                phases["nudged"] = out.nudged
         if hp.get("curvature_bound") is not None:
             objective = objective + hp.curvature_weight * self._curvature_penalty(phases["free"], len(y))
         self._optimize(objective, batch_idx)

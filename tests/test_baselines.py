@@ -201,12 +201,18 @@ def test_baselines_benchmark_quick(tmp_path):
     records = json.loads(out.read_text())
     training = {r["key"]: r for r in records if r["kind"] == "training"}
     memory = {r["key"]: r for r in records if r["kind"] == "memory"}
-    assert set(training) == set(memory) == {"ep", "bptt", "csnn"}
+    assert set(training) == set(memory) == {"ep", "bptt", "bptt_nudged", "csnn"}
     assert all(0.0 <= r["test_error"] <= 1.0 and r["s_per_epoch"] > 0 and r["test_samples"] == 64
                and r["train_samples"] == 64 for r in training.values())
     assert all(r["T"] == 4 and r["saved_bytes"] > 0 and r["peak_bytes"] >= 0 for r in memory.values())
     assert memory["bptt"]["saved_bytes"] > memory["ep"]["saved_bytes"]  # EP's free phase keeps no graph
+    assert memory["bptt"]["saved_bytes"] > memory["bptt_nudged"]["saved_bytes"]  # a graph through T2 steps only
+    assert training["bptt"]["steps"] == "T1=6" and training["bptt_nudged"]["steps"] == "T1=6, T2=3"
     assert all("hardware" in r for r in records)
     assert "| BPTT, snnTorch CSNN |" in proc.stdout  # the README table
     assert (tmp_path / "baselines.png").stat().st_size > 10_000  # the plot goes next to the JSON
     assert not (tmp_path / "runs").exists()  # the runs' files stay in the script's scratch directory
+    replot = [sys.executable, str(ROOT / "benchmarks" / "baselines.py"), "--replot", str(out), "--plot",
+              str(tmp_path / "again.png")]
+    proc = subprocess.run(replot, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and (tmp_path / "again.png").stat().st_size > 10_000, proc.stderr[-3000:]

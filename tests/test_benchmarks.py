@@ -197,6 +197,7 @@ def test_training_record_goes_where_it_is_told(tmp_path):
     assert (record["channels"], record["hidden"], record["pooling"]) == ([4, 8], [16], "avg")  # read from the net
     assert record["note"] == "a test run"
     assert (record["curvature_bound"], record["curvature_iters"], record["bptt_truncate"]) == (0.9, 3, None)
+    assert record["method"] == "ep" and record["bptt_objective"] is None  # a BPTT setting, recorded for BPTT runs
     assert (record["optimizer"], record["weight_decay"]) == ("AdamW", 0.05)  # read from the optimizer that trained
     assert record["curve"] and "alignment_cos_all" in record["curve"][-1]
     assert record["activations"] is None  # no ActivationDiagnostics callback in this run
