@@ -193,7 +193,7 @@ def main(argv: list[str]) -> dict:
         "threshold": cli.model.net.threshold, "t1": hp.t1,
         "t2": hp.t2, "beta": hp.beta, "loss": hp.loss, "start": hp.start, "omega": hp.omega, "tol": hp.tol,
         "lr": hp.lr, **optimizer_summary(trainer), "bptt_truncate": hp.get("bptt_truncate"),
-        "bptt_objective": hp.get("bptt_objective", "free") if hp.method == "bptt" else None,
+        "bptt_objective": hp.bptt_objective if hp.method == "bptt" else None,
         "curvature_bound": hp.get("curvature_bound"),
         "curvature_iters": hp.get("curvature_iters") if hp.get("curvature_bound") is not None else None,
         "batch_size": data.hparams.batch_size,

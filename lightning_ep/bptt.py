@@ -73,10 +73,7 @@ def bptt_loss(
         spikes = [a + b for a, b in zip(head.spikes, tail.spikes, strict=True)]
         free = Relaxation(tail.state, t1, tail.last_change, spikes, tail.mean_change)
     logits = net.logits(free.state.s)
-    loss = net.loss(free.state.s, y).mean()
-    if not torch.isfinite(loss):
-        raise DivergenceError(f"the BPTT loss is {loss.item()}: a parameter is probably inf/NaN. Lower the "
-                              "learning rate, or clip the gradients.")
+    loss = _finite_mean_loss(net, free.state, y)
     return BPTTResult(loss, logits, free)
 
 
@@ -113,11 +110,17 @@ def nudged_bptt_loss(
         free = relax(net, x_drive, start_state(net, x_drive, init)[0], t1, update=update, omega=omega)
     x_drive = input_drive(net, x)  # with its graph: the drive's parameters get their gradient too
     nudged = relax(net, x_drive, free.state.detach(), t2, nudge, y, update=update, omega=nudged_omega)
-    loss = net.loss(nudged.state.s, y).mean()
+    loss = _finite_mean_loss(net, nudged.state, y)
+    return BPTTResult(loss, net.logits(free.state.s), free, nudged)
+
+
+def _finite_mean_loss(net: ConvergentNetwork, state: NetworkState, y: Tensor) -> Tensor:
+    """The batch's mean loss at ``state``; a DivergenceError when it is not finite."""
+    loss = net.loss(state.s, y).mean()
     if not torch.isfinite(loss):
         raise DivergenceError(f"the BPTT loss is {loss.item()}: a parameter is probably inf/NaN. Lower the "
                               "learning rate, or clip the gradients.")
-    return BPTTResult(loss, net.logits(free.state.s), free, nudged)
+    return loss
 
 
 def draw_nudges(beta: float, batch: int, generator: torch.Generator | None = None) -> Tensor:
