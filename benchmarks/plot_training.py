@@ -2,6 +2,7 @@
 
     python benchmarks/plot_training.py [--out docs/training_curves.png] [--gradient-out docs/training_gradient.png]
                                        [--pooling-out docs/training_pooling.png]
+                                       [--methods-out docs/training_methods.png]
 
 Reads ``benchmarks/results/training.json`` (written by ``benchmarks/training.py``); runs recorded without a
 ``curve`` are left out. Each run's final test error is in its legend entry; the dotted line is the paper's. The
@@ -9,7 +10,8 @@ second figure shows, for the runs that measured it, the EP gradient's cosine to 
 training and how far the free phase settled. The third compares max with average pooling (the paper's claim): the
 complete max-pooling runs that recorded the route statistics (``ActivationDiagnostics``), each average-pooling run
 of the same settings, and the route sums of the paper's Figure 2 along training (the table's start, middle and end
-are printed).
+are printed). The fourth compares EP with BPTT of the same network over full runs: each complete BPTT run longer than
+the 2-epoch demo beside the complete EP runs of the same settings (their validation accuracy by epoch is printed).
 """
 
 from __future__ import annotations
@@ -189,24 +191,99 @@ def plot_pooling(maxed: list[dict], averaged: list[dict], out: Path) -> Path:
     return save(fig, out)
 
 
+#: Settings an EP run and a BPTT run share to be compared, besides the curvature bound and the optimizer.
+SAME_NETWORK = ("dataset", "hidden", "threshold", "pooling", "t1", "t2", "beta", "max_epochs", "batch_size",
+                "curvature_iters")
+
+
+def optimizer_name(record: dict) -> str:
+    """The run's optimizer: the record's field, else its command's ``--model.optimizer`` (records older than the
+    field), else the module's default, Adam."""
+    if record.get("optimizer"):
+        return record["optimizer"]
+    command = record.get("command", "")
+    if "--model.optimizer " in command or "--model.optimizer=" in command:
+        return command.split("--model.optimizer")[1].lstrip("= ").split()[0].rsplit(".", 1)[-1]
+    return "Adam"
+
+
+def method_pairs(records: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """Each complete BPTT run of EP's objective (``bptt_objective='nudged'``) longer than the 2-epoch demo, with the
+    complete EP runs of the same settings (``SAME_NETWORK``, curvature bound, optimizer)."""
+    def settings(record: dict) -> tuple[str, ...]:
+        return (*(str(record.get(k)) for k in SAME_NETWORK), str(curvature_bound(record)), optimizer_name(record))
+
+    def full(record: dict) -> bool:
+        return record["complete"] and bool(record.get("curve")) and (record.get("max_epochs") or 0) > 2
+
+    bptt = [r for r in records if r["method"] == "bptt" and r.get("bptt_objective") == "nudged" and full(r)]
+    ep = [r for r in records if r["method"] == "ep" and full(r)]
+    return [(b, [e for e in ep if settings(e) == settings(b)]) for b in bptt]
+
+
+def methods_table(bptt: dict, eps: list[dict]) -> list[str]:
+    """Validation accuracy (%) by epoch of a BPTT run and its EP runs (the header's labels give their test errors)."""
+    runs = [bptt, *eps]
+    by_epoch = [{p["epoch"]: p["val_acc"] for p in r["curve"]} for r in runs]
+    rows = [" | ".join(["epoch", *(label(r) for r in runs)])]
+    for epoch in sorted(set().union(*by_epoch)):
+        cells = [f"{100 * accs[epoch]:.2f}" if epoch in accs else "-" for accs in by_epoch]
+        rows.append(" | ".join([f"{epoch:g}", *cells]))
+    return rows
+
+
+def plot_methods(pairs: list[tuple[dict, list[dict]]], out: Path) -> Path:
+    """EP against BPTT of the same network over full runs (see :func:`method_pairs`): validation error by epoch,
+    and BPTT's minus EP's, with the band of 1 point either way."""
+    fig, (ax_err, ax_gap) = plt.subplots(1, 2, figsize=(13, 7))
+    colours = cycle(plt.get_cmap("tab10").colors)
+    for bptt, eps in pairs:
+        epochs_b, errors_b = error_curve(bptt)
+        ax_err.plot(epochs_b, errors_b, linestyle="--", marker="s", markersize=3, color=next(colours),
+                    label=label(bptt))
+        for ep in eps:
+            colour = next(colours)
+            ax_err.plot(*error_curve(ep), marker="o", markersize=3, color=colour, label=label(ep))
+            errors_e = dict(zip(*error_curve(ep), strict=True))
+            gaps = [(e, b - errors_e[e]) for e, b in zip(epochs_b, errors_b, strict=True) if e in errors_e]
+            ax_gap.plot([e for e, _ in gaps], [g for _, g in gaps], marker="o", markersize=3, color=colour,
+                        label=f"{label(bptt)}\nminus {label(ep)}")
+    ax_gap.axhspan(-1.0, 1.0, color="grey", alpha=0.15, label="within 1 point")
+    ax_gap.axhline(0.0, color="grey", linewidth=0.8)
+    ax_err.set(xlabel="epoch", ylabel="validation error (%)", title="EP against BPTT of EP's objective, same network")
+    ax_gap.set(xlabel="epoch", ylabel="BPTT's minus EP's validation error (points)",
+               title="how far BPTT is behind EP (above 0) or ahead (below)")
+    for ax in (ax_err, ax_gap):
+        finish_axes(ax)
+    return save(fig, out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "training.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "training_curves.png")
     parser.add_argument("--gradient-out", type=Path, default=ROOT / "docs" / "training_gradient.png")
     parser.add_argument("--pooling-out", type=Path, default=ROOT / "docs" / "training_pooling.png")
+    parser.add_argument("--methods-out", type=Path, default=ROOT / "docs" / "training_methods.png")
     args = parser.parse_args()
     records = json.loads(args.results.read_text())
     print(f"wrote {plot(records, args.out)}")
     written = plot_gradient(records, args.gradient_out)
     print(f"wrote {written}" if written else "no run measured its gradient along training: no gradient plot")
     maxed, averaged = pooling_runs(records)
-    if not maxed:
+    if maxed:
+        print(f"wrote {plot_pooling(maxed, averaged, args.pooling_out)}")
+        for record in maxed:
+            print("\n".join(route_sums_table(record)))
+    else:
         print("no complete max-pooling run with route statistics: no pooling plot")
-        return
-    print(f"wrote {plot_pooling(maxed, averaged, args.pooling_out)}")
-    for record in maxed:
-        print("\n".join(route_sums_table(record)))
+    pairs = [(bptt, eps) for bptt, eps in method_pairs(records) if eps]
+    if pairs:
+        print(f"wrote {plot_methods(pairs, args.methods_out)}")
+        for bptt, eps in pairs:
+            print("\n".join(methods_table(bptt, eps)))
+    else:
+        print("no complete full-length BPTT run with an EP run of the same settings: no methods plot")
 
 
 if __name__ == "__main__":

@@ -250,14 +250,36 @@ def test_plot_training_draws_given_records(tmp_path):
         return {**run("fashion_mnist", 0.7), "pooling": "max", "spiking": spiking, "threshold": 0.01 * spiking,
                 "global_steps": 6, "activations": history}
 
+    def full(method: str, val_accs: list[float], **fields: object) -> dict:
+        curve = [{"epoch": float(e), "val_acc": a, "val_change_free": 0.01} for e, a in enumerate(val_accs, 1)]
+        return {**run("fashion_mnist", 0.8), "method": method, "epochs": len(val_accs), "max_epochs": len(val_accs),
+                "t1": 30, "t2": 10, "beta": 0.3, "batch_size": 64, "curvature_bound": 0.9, "curvature_iters": 30,
+                "command": "python benchmarks/training.py fmnist", "curve": curve, **fields}
+
+    # EP against BPTT: the full BPTT run meets the EP run of its settings (an EP run older than the optimizer field
+    # counts as Adam), not the AdamW one (named in its command only), nor the 10-round one; the demo BPTT is left out
+    bptt = full("bptt", [0.80, 0.85, 0.88], bptt_objective="nudged", optimizer="Adam")
+    ep = full("ep", [0.82, 0.86, 0.89])
+    adamw = full("ep", [0.71, 0.76, 0.77], command="python benchmarks/training.py fmnist --model.optimizer "
+                 "torch.optim.AdamW --model.optimizer.lr 0.001")
+    fewer_rounds = full("ep", [0.72, 0.75, 0.78], curvature_iters=10)
+    demo = full("bptt", [0.61, 0.62], bptt_objective="nudged")
+
     results = tmp_path / "training.json"
     partial = {**maxed(True), "complete": False}  # a cut run is left out of the pooling figure
-    results.write_text(json.dumps([run("fashion_mnist", 0.8), run("mnist", 0.9), maxed(True), maxed(False), partial]))
+    results.write_text(json.dumps([run("fashion_mnist", 0.8), run("mnist", 0.9), maxed(True), maxed(False), partial,
+                                   bptt, ep, adamw, fewer_rounds, demo]))
     curves, gradient, pooling = tmp_path / "curves.png", tmp_path / "gradient.png", tmp_path / "pooling.png"
+    methods = tmp_path / "methods.png"
     proc = run_benchmark("plot_training.py", "--results", results, "--out", curves, "--gradient-out", gradient,
-                         "--pooling-out", pooling, cwd=tmp_path)
+                         "--pooling-out", pooling, "--methods-out", methods, cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     assert curves.stat().st_size > 10_000 and gradient.stat().st_size > 10_000 and pooling.stat().st_size > 10_000
+    assert methods.stat().st_size > 10_000
+    lines = proc.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("epoch | BPTT"))
+    assert lines[start + 1:start + 4] == ["1 | 80.00 | 82.00", "2 | 85.00 | 86.00", "3 | 88.00 | 89.00"], proc.stdout
+    assert lines[start].count(" | ") == 2 and not any(v in proc.stdout for v in ("71.00", "72.00", "61.00"))
     table = [line for line in proc.stdout.splitlines() if "forward / backward" in line]
     assert len(table) == 6  # start, middle and end of the two complete max-pooling runs
     assert "step 2 (middle): forward / backward conv1 98.0 / 52.0, conv2 90.0 / 28.0" in table[1]

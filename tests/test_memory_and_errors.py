@@ -14,6 +14,7 @@ from lightning_ep import (
     bptt_loss,
     equilibrium_propagation,
     free_phase,
+    nudged_bptt_loss,
     two_conv_two_dense,
 )
 from lightning_ep.memory import count_saved_bytes
@@ -253,6 +254,21 @@ def test_nan_parameter_raises_divergence(where):
         equilibrium_propagation(net, x, y, 0.1, 10, 5)
     with pytest.raises(DivergenceError, match="diverged"):
         bptt_loss(net, x, y, 10)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_readout_stops_bptt(value):
+    """With the ce readout, a non-finite readout weight leaves every state finite (the readout is outside the
+    free dynamics), so only the loss shows it: both BPTT objectives must raise, not backpropagate a NaN."""
+    net = make_net(loss="ce")
+    x, y = batch()
+    with torch.no_grad():
+        net.readout.weight[0, 0] = value
+    assert torch.isfinite(free_phase(net, x, 10).state.s[-1]).all()  # the states alone do not show it
+    with pytest.raises(DivergenceError, match=r"BPTT loss is (nan|inf)"):
+        bptt_loss(net, x, y, 10)
+    with pytest.raises(DivergenceError):  # the nudge goes through the readout: the state or the loss is NaN
+        nudged_bptt_loss(net, x, y, 0.1, 10, 5)
 
 
 def test_nan_in_spiking_network_raises_divergence():

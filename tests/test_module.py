@@ -131,8 +131,9 @@ def test_gradient_clipping_and_sgd(tmp_path, patterns):
     assert 0 < step.norm() <= 0.05 * 1e-3 * 1.0001  # lr * clipped gradient norm
 
 
-def test_divergence_stops_training(tmp_path, patterns):
-    model = _module(patterns)
+@pytest.mark.parametrize("method", ["ep", "bptt"])
+def test_divergence_stops_training(tmp_path, patterns, method):
+    model = _module(patterns, method=method)
     with torch.no_grad():
         model.net.blocks[1].linear.weight[0, 0] = float("nan")
     with pytest.raises(DivergenceError, match="NaN/inf"):
