@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from itertools import cycle, islice
+import shlex
+from itertools import cycle, islice, zip_longest
 from pathlib import Path
 
 import matplotlib
@@ -32,12 +33,23 @@ PAPER_ERROR = {"mnist": 0.0097, "fashion_mnist": 0.0889}
 TITLES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
+def command_value(record: dict, flag: str) -> str | None:
+    """The value the record's command gives ``flag`` (``flag value`` or ``flag=value``; None without it): how a
+    record older than a field names that setting."""
+    tokens = shlex.split(record.get("command", ""))
+    for token, following in zip_longest(tokens, tokens[1:]):
+        if token == flag:
+            return following
+        if token.startswith(f"{flag}="):
+            return token.removeprefix(f"{flag}=")
+    return None
+
+
 def curvature_bound(record: dict) -> str | float | None:
     """The run's curvature bound (None: unbounded), read from its command for records older than the field."""
     bound = record.get("curvature_bound")
-    command = record.get("command", "")
-    if bound is None and "--model.curvature_bound" in command:
-        bound = command.split("--model.curvature_bound")[1].split()[0].lstrip("=")
+    if bound is None:
+        bound = command_value(record, "--model.curvature_bound")
     return None if bound in (None, "null") else bound
 
 
@@ -201,15 +213,14 @@ def optimizer_name(record: dict) -> str:
     field), else the module's default, Adam."""
     if record.get("optimizer"):
         return record["optimizer"]
-    command = record.get("command", "")
-    if "--model.optimizer " in command or "--model.optimizer=" in command:
-        return command.split("--model.optimizer")[1].lstrip("= ").split()[0].rsplit(".", 1)[-1]
-    return "Adam"
+    name = command_value(record, "--model.optimizer")
+    return "Adam" if name is None else name.rsplit(".", 1)[-1]
 
 
 def method_pairs(records: list[dict]) -> list[tuple[dict, list[dict]]]:
     """Each complete BPTT run of EP's objective (``bptt_objective='nudged'``) longer than the 2-epoch demo, with the
-    complete EP runs of the same settings (``SAME_NETWORK``, curvature bound, optimizer)."""
+    complete EP runs of the same settings (``SAME_NETWORK``, curvature bound, optimizer); BPTT runs without one are
+    left out."""
     def settings(record: dict) -> tuple[str, ...]:
         return (*(str(record.get(k)) for k in SAME_NETWORK), str(curvature_bound(record)), optimizer_name(record))
 
@@ -218,7 +229,8 @@ def method_pairs(records: list[dict]) -> list[tuple[dict, list[dict]]]:
 
     bptt = [r for r in records if r["method"] == "bptt" and r.get("bptt_objective") == "nudged" and full(r)]
     ep = [r for r in records if r["method"] == "ep" and full(r)]
-    return [(b, [e for e in ep if settings(e) == settings(b)]) for b in bptt]
+    pairs = [(b, [e for e in ep if settings(e) == settings(b)]) for b in bptt]
+    return [(b, eps) for b, eps in pairs if eps]
 
 
 def methods_table(bptt: dict, eps: list[dict]) -> list[str]:
@@ -277,7 +289,7 @@ def main() -> None:
             print("\n".join(route_sums_table(record)))
     else:
         print("no complete max-pooling run with route statistics: no pooling plot")
-    pairs = [(bptt, eps) for bptt, eps in method_pairs(records) if eps]
+    pairs = method_pairs(records)
     if pairs:
         print(f"wrote {plot_methods(pairs, args.methods_out)}")
         for bptt, eps in pairs:
