@@ -5,6 +5,7 @@
     python benchmarks/training.py fmnist --record /tmp/trial.json --data.train_subset 640   # elsewhere than results/
     python benchmarks/training.py fmnist --note "cores shared with ... for 10 minutes"          # a note in the record
     python benchmarks/training.py fmnist [the same flags] --ckpt_path runs/.../last.ckpt     # resume a cut run
+    python benchmarks/training.py fmnist --data.val_size 0   # the whole training set: no validation, no curve
 (a resumed run keeps Lightning's Timer: its ``--trainer.max_time`` counts the earlier parts too)
 
 Each record: dataset, method ("ep"/"bptt"), spiking, pooling, epochs (trained, fractional), test_error (a fraction),
@@ -170,8 +171,9 @@ def main(argv: list[str]) -> dict:
     datamodule_class, default_config = DATASETS[name]
     cli = build_cli(datamodule_class, ROOT / "recipes" / "configs" / default_config, f"lightning_ep-{name}", args)
     alignment = None
-    if cli.model.hparams.method == "ep":
-        # the EP-vs-BPTT cosine along training, on a fixed batch of validation images
+    if cli.model.hparams.method == "ep" and cli.datamodule.hparams.val_size > 0:
+        # the EP-vs-BPTT cosine along training, on a fixed batch of validation images (none with --data.val_size 0,
+        # which trains on the whole official training set: then the record has no curve and no cosine)
         alignment = GradientAlignment(every_n_steps=ALIGNMENT_EVERY, bptt_t1=ALIGNMENT_BPTT_T1,
                                       held_out=ALIGNMENT_SAMPLES, plot=False, bptt_spiking=False)
         cli.trainer.callbacks.append(alignment)

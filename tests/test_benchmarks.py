@@ -204,6 +204,26 @@ def test_training_record_goes_where_it_is_told(tmp_path):
     assert 0.0 <= record["test_error"] <= 1.0
 
 
+@needs_fmnist
+def test_training_on_the_whole_training_set_records_no_curve(tmp_path):
+    """With ``--data.val_size 0`` (the whole official training set, no validation split) the paper config still
+    trains, checkpoints and tests: no EP-vs-BPTT cosine is measured (it needs validation images), the record has an
+    empty curve and every training sample counted, and ``last.ckpt`` is written though ``val/acc`` never is."""
+    out, root = tmp_path / "training.json", tmp_path / "root"
+    proc = run_benchmark(
+        "training.py", "fmnist", "--config", ROOT / "recipes" / "configs" / "fmnist_paper.yaml", "--record", out,
+        "--model.channels=[4, 8]", "--model.hidden=[16]", "--model.t1=4", "--model.t2=2",
+        "--model.curvature_iters=3", "--data.train_subset=128", "--data.val_size=0", "--trainer.max_epochs=1",
+        "--trainer.limit_test_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root}", cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    (record,) = records(out)
+    assert (record["train_samples"], record["global_steps"], record["epochs"]) == (128, 2, 1.0)
+    assert record["curve"] == []
+    assert list(root.rglob("last.ckpt"))
+    assert 0.0 <= record["test_error"] <= 1.0
+
+
 def test_training_record_of_a_resumed_run_continues_its_curve_and_clock(tmp_path):
     """A run cut after its first epoch and resumed from its checkpoint records both epochs' points, the wall time
     of both parts, the checkpoint it resumed from, and the Figure 2/3 statistics of every step (the
