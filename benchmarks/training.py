@@ -139,7 +139,7 @@ class CurveRecorder(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
-        point: dict[str, float] = {"epoch": round(epochs_trained(trainer), 3), "wall_s": round(self.elapsed(), 1)}
+        point: dict[str, float] = {"epoch": round(epochs_trained(trainer), 3), "wall_s": round(self.elapsed(), 3)}
         for key, value in metrics.items():
             if key.startswith("val/"):
                 point[key.replace("/", "_")] = round(float(value), 6)
@@ -189,7 +189,7 @@ def main(argv: list[str]) -> dict:
     record = {
         "dataset": "fashion_mnist" if name == "fmnist" else "mnist",
         "method": hp.method, "spiking": cli.model.net.spiking, "epochs": epochs_done,
-        "test_error": round(1.0 - float(metrics["test/acc"]), 6), "wall_s": round(wall, 1), "hardware": hardware(),
+        "test_error": round(1.0 - float(metrics["test/acc"]), 6), "wall_s": round(wall, 3), "hardware": hardware(),
         "command": shlex.join(["python", "benchmarks/training.py", *argv]), "complete": bool(complete),
         **network_summary(cli.model.net),
         "threshold": cli.model.net.threshold, "t1": hp.t1,

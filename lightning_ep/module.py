@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ep.bptt import BPTTResult, bptt_loss, draw_nudges, nudged_bptt_loss
 from lightning_ep.data.sampler import MidEpochResume
+from lightning_ep.distributed import DestroyProcessGroupAtExit
 from lightning_ep.dynamics import START_KINDS, Relaxation, check_omega
 from lightning_ep.ep import EPResult, check_ep_args, equilibrium_propagation, free_phase
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
@@ -277,9 +278,9 @@ class EPLightningModule(LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": hp.scheduler_interval}}
 
     def configure_callbacks(self) -> list[Any]:
-        """``MidEpochResume`` (a run cut mid-epoch resumes at its next batch); refuses the Trainer's clipping /
-        accumulation (manual optimization) with the module argument to use instead (this hook runs before
-        Lightning's own, less specific, refusal)."""
+        """``MidEpochResume`` (a run cut mid-epoch resumes at its next batch) and ``DestroyProcessGroupAtExit``;
+        refuses the Trainer's clipping / accumulation (manual optimization) with the module argument to use instead
+        (this hook runs before Lightning's own, less specific, refusal)."""
         trainer = self.trainer
         if trainer.state.fn == "fit":
             if trainer.gradient_clip_val:
@@ -292,7 +293,7 @@ class EPLightningModule(LightningModule):
                     f"Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches}) does not apply to "
                     "EPLightningModule (manual optimization): pass EPLightningModule(accumulate_grad_batches="
                     f"{trainer.accumulate_grad_batches}) instead (--model.accumulate_grad_batches in the recipes)")
-        return [MidEpochResume()]
+        return [MidEpochResume(), DestroyProcessGroupAtExit()]
 
     def run_ep(
         self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,

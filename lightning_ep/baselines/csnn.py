@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ep.data.sampler import MidEpochResume
+from lightning_ep.distributed import DestroyProcessGroupAtExit
 from lightning_ep.module import EPLightningModule
 from lightning_ep.network import check_batch
 from lightning_ep.pooling import check_pooling, pooled_hw
@@ -328,5 +329,6 @@ class SnnTorchCSNN(LightningModule):
                 "lr_scheduler": {"scheduler": sched, "interval": hp.scheduler_interval, "monitor": "val/loss"}}
 
     def configure_callbacks(self) -> list[Any]:
-        """``MidEpochResume``: a run cut mid-epoch resumes at its next batch (as ``EPLightningModule``)."""
-        return [MidEpochResume()]
+        """``MidEpochResume`` (a run cut mid-epoch resumes at its next batch) and ``DestroyProcessGroupAtExit``, as
+        ``EPLightningModule``."""
+        return [MidEpochResume(), DestroyProcessGroupAtExit()]
