@@ -32,8 +32,7 @@ else:
     module = SnnTorchCSNN(input_shape=(1, 8, 8), num_classes=2, channels=[2], kernel_size=3, hidden=[4],
                           num_steps=3, scheduler="none")
 x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 2, (8,))
-callbacks = []
-if extra == ["plain"]:  # the modules' own callbacks, without the exit handler: what the group would do unaided
+if extra == ["plain"]:  # no module callbacks, so no exit handler: what the group does unaided
     module.configure_callbacks = lambda: []
 trainer = Trainer(accelerator="cpu", devices=1, strategy="ddp", max_steps=2, logger=False, enable_progress_bar=False,
                   enable_checkpointing=False, enable_model_summary=False)
