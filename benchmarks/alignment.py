@@ -225,7 +225,7 @@ def measure_cell(
         # the first beta runs the whole free phase; later ones warm-start from its end (one more free step)
         res = equilibrium_propagation(net, x, y, beta=beta, t1=args.t1 if free is None else 1, t2=args.t2,
                                       estimator="symmetric", update="async",
-                                      init=None if free is None else free.state, dither=generator,
+                                      start=None if free is None else free.state, dither=generator,
                                       average_last=args.average_last if dither else 0)
         res.surrogate.backward()
         g_ep = grads(net)

@@ -8,7 +8,7 @@ in one run: test error at equal epochs, seconds per epoch, and the memory of one
 
 The four contenders are the recipes themselves (``lightning_ep.cli.build_cli``): EP on the convergent SNN
 (``recipes/configs/fmnist_demo.yaml``); BPTT on the same network, of the loss after the free phase through all T1
-steps (the same config with ``--model.method=bptt --model.bptt_objective=free``) and of EP's objective (the loss after
+steps (the same config with ``--model.method=bptt --model.bptt.objective=free``) and of EP's objective (the loss after
 the nudged phase, through its T2 steps: ``--model.method=bptt``, the default); and ``SnnTorchCSNN``
 (``recipes/configs/fmnist_csnn_demo.yaml``: the same conv/dense widths and pooling), all on the CPU, without
 validation runs (the training set is the recipes' own: 55000 images after the 5000 held out).
@@ -80,7 +80,8 @@ COMMON_FLAGS = ("--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.l
                 "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
                 "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=0",
                 "--trainer.num_sanity_val_steps=0")
-QUICK_WIDTHS = ("--model.channels=[4, 8]", "--model.hidden=[16]")
+QUICK_WIDTHS = ("--model.network.channels=[4, 8]", "--model.network.hidden=[16]")
+QUICK_CSNN_WIDTHS = ("--model.channels=[4, 8]", "--model.hidden=[16]")  # the CSNN takes them flat
 
 
 @dataclass(frozen=True)
@@ -98,20 +99,19 @@ class Contender:
 
     def steps_of(self, model: LightningModule) -> str:
         """The time steps the trained module runs, for the table (T1/T2 or num_steps)."""
-        hp = model.hparams
         if isinstance(model, SnnTorchCSNN):
-            return f"T={hp.num_steps}"
-        free_loss = hp.method == "bptt" and hp.get("bptt_objective") == "free"
-        return f"T1={hp.t1}" if free_loss else f"T1={hp.t1}, T2={hp.t2}"
+            return f"T={model.hparams.num_steps}"
+        free_loss = model.method == "bptt" and model.bptt.objective == "free"
+        return f"T1={model.phases.t1}" if free_loss else f"T1={model.phases.t1}, T2={model.phases.t2}"
 
 
 CONTENDERS = (
-    Contender("ep", "EP", "convergent SNN", EPLightningModule, "fmnist_demo.yaml", (), "--model.t1",
-              ("--model.t1=6", "--model.t2=3")),
+    Contender("ep", "EP", "convergent SNN", EPLightningModule, "fmnist_demo.yaml", (), "--model.phases.t1",
+              ("--model.phases.t1=6", "--model.phases.t2=3")),
     Contender("bptt", "BPTT of the free loss", "convergent SNN", EPLightningModule, "fmnist_demo.yaml",
-              ("--model.method=bptt", "--model.bptt_objective=free"), "--model.t1", ("--model.t1=6",)),
+              ("--model.method=bptt", "--model.bptt.objective=free"), "--model.phases.t1", ("--model.phases.t1=6",)),
     Contender("bptt_nudged", "BPTT of EP's objective", "convergent SNN", EPLightningModule, "fmnist_demo.yaml",
-              ("--model.method=bptt",), "--model.t1", ("--model.t1=6", "--model.t2=3")),
+              ("--model.method=bptt",), "--model.phases.t1", ("--model.phases.t1=6", "--model.phases.t2=3")),
     Contender("csnn", "BPTT", "snnTorch CSNN", SnnTorchCSNN, "fmnist_csnn_demo.yaml", (), "--model.num_steps",
               ("--model.num_steps=6",)),
 )
@@ -120,7 +120,8 @@ BY_KEY = {c.key: c for c in CONTENDERS}
 
 def recipe_flags(contender: Contender, quick: bool, extra: Sequence[str] = ()) -> list[str]:
     """The contender's flags over its config (with ``--quick``: tiny widths and few steps), then ``extra``."""
-    return [*COMMON_FLAGS, *contender.flags, *((*QUICK_WIDTHS, *contender.quick_flags) if quick else ()), *extra]
+    widths = QUICK_CSNN_WIDTHS if contender.model_class is SnnTorchCSNN else QUICK_WIDTHS
+    return [*COMMON_FLAGS, *contender.flags, *((*widths, *contender.quick_flags) if quick else ()), *extra]
 
 
 class EpochTimer(Callback):
@@ -171,7 +172,7 @@ def train_and_test(contender: Contender, args: argparse.Namespace) -> Record:
         "epoch_seconds": [round(s, 2) for s in timer.seconds], "fit_s": round(fit_s, 2),
         "train_samples": len(data.train_set), "test_samples": test_samples, "batch_size": data.batch_size,
         "test_spike_rates": [round(float(metrics[k]), 4) for k in sorted(metrics) if "spike_rate" in k],
-        "hparams": {k: v for k, v in model.hparams.items() if isinstance(v, int | float | str | list | tuple)},
+        "hparams": {k: v for k, v in model.hparams.items() if isinstance(v, int | float | str | list | tuple | dict)},
     }
     print(f"  test error {100 * record['test_error']:.2f} %, {record['s_per_epoch']:.1f} s per epoch", flush=True)
     return record

@@ -87,7 +87,7 @@ def stamp(records: Sequence[Record], **extra: Any) -> list[Record]:
 
 def training_objective(net: ConvergentNetwork, ep: EPResult, curvature_bound: float | None) -> torch.Tensor:
     """What a plain training loop backpropagates: the EP surrogate, plus (with a bound) the curvature penalty as
-    ``EPLightningModule(curvature_bound=...)`` adds it (weight 1, its default rounds, on the first
+    ``EPLightningModule(curvature=CurvatureConfig(bound=...))`` adds it (weight 1, its default rounds, on the first
     ``CURVATURE_SAMPLES`` free states of the batch)."""
     if curvature_bound is None:
         return ep.surrogate

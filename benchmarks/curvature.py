@@ -52,11 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def measure(module: Any, x: torch.Tensor, spiking: bool, t1: int, iters: int) -> dict[str, Any]:
     """One free phase on ``x`` and the eigenvalue statistics at its end state."""
-    net, hp = module.net, module.hparams
+    net, phases = module.net, module.phases
     threshold = net.threshold
     net.threshold = threshold if spiking else 0.0
     try:
-        free = free_phase(net, x, t1, hp["update"], "explicit", None, hp.start, hp.omega)
+        free = free_phase(net, x, t1, phases.update, "explicit", None, phases.start, phases.omega)
     finally:
         net.threshold = threshold
     eig = active_coupling_eigenvalue(net, free.state.s, iters, torch.Generator().manual_seed(0))
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         base = {"dataset": DATASETS[name], "checkpoint": path, "epoch": ckpt.get("epoch"),
                 "global_step": ckpt.get("global_step")}
         with torch.no_grad():
-            records.append({**base, "phase": "trained", **measure(module, x, module.net.spiking, module.hparams.t1,
+            records.append({**base, "phase": "trained", **measure(module, x, module.net.spiking, module.phases.t1,
                                                                    args.iters)})
             records.append({**base, "phase": "non-spiking", **measure(module, x, False, args.settled_t1,
                                                                        args.iters)})

@@ -66,7 +66,7 @@ def epoch_part(args: argparse.Namespace) -> list[dict[str, Any]]:
         for b in range(batches):
             idx = perm[b * 64 : (b + 1) * 64]
             start = time.perf_counter()
-            ep = equilibrium_propagation(net, tx[idx], ty[idx], cfg["beta"], cfg["t1"], cfg["t2"], init=cfg["start"],
+            ep = equilibrium_propagation(net, tx[idx], ty[idx], cfg["beta"], cfg["t1"], cfg["t2"], start=cfg["start"],
                                          omega=cfg["omega"])
             opt.zero_grad()
             training_objective(net, ep, cfg.get("curvature_bound")).backward()
@@ -76,7 +76,7 @@ def epoch_part(args: argparse.Namespace) -> list[dict[str, Any]]:
             steps += sum(p.steps for p in ep.phases.values())
         correct, change = 0, 0.0
         for i in range(0, len(vy), 500):
-            free = free_phase(net, vx[i : i + 500], cfg["t1"], init=cfg["start"], omega=cfg["omega"])
+            free = free_phase(net, vx[i : i + 500], cfg["t1"], start=cfg["start"], omega=cfg["omega"])
             correct += int((net.logits(free.state.s).argmax(1) == vy[i : i + 500]).sum())
             change = max(change, free.last_change)
         assert ep is not None
@@ -108,12 +108,12 @@ def alignment_part(args: argparse.Namespace) -> list[dict[str, Any]]:
     for k in range(args.batches):
         x, y = x_all[64 * k : 64 * (k + 1)], y_all[64 * k : 64 * (k + 1)]
         net.threshold = 0.0  # the reference: the same network without spikes, at its settled state
-        ref = bptt_loss(net, x, y, args.bptt_t1, init="feedforward")
+        ref = bptt_loss(net, x, y, args.bptt_t1, start="feedforward")
         ref_change = max(ref_change, ref.free.last_change)
         g_ref = flat(ref.loss)
         net.threshold = threshold
         for t1, t2, omega in ALIGNMENT_SETTINGS:
-            g = flat(equilibrium_propagation(net, x, y, 0.2, t1, t2, init="feedforward", omega=omega).surrogate)
+            g = flat(equilibrium_propagation(net, x, y, 0.2, t1, t2, start="feedforward", omega=omega).surrogate)
             cosines[(t1, t2, omega)].append(float(g @ g_ref / (g.norm() * g_ref.norm())))
     return [{"setting": f"T1 {t1}, T2 {t2}, omega {omega}", "t1": t1, "t2": t2, "omega": omega,
              "cos_mean": sum(v) / len(v), "cos_per_batch": [round(c, 4) for c in v], "ref_change_max": ref_change,

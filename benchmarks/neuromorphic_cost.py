@@ -38,6 +38,7 @@ from common import QUICK_DIR, Record, add_common_args, load_batch, print_table, 
 from lightning_ep.baselines import SnnTorchCSNN  # noqa: E402
 from lightning_ep.baselines.csnn_cost import csnn_accuracy_at_steps, csnn_cost  # noqa: E402
 from lightning_ep.callbacks._logging import new_figure  # noqa: E402
+from lightning_ep.config import EPConfig, NetworkConfig, PhasesConfig  # noqa: E402
 from lightning_ep.module import EPLightningModule  # noqa: E402
 from lightning_ep.neuromorphic import (  # noqa: E402
     NeuromorphicCost,
@@ -45,6 +46,7 @@ from lightning_ep.neuromorphic import (  # noqa: E402
     trace_cost,
     traced_free_phase,
 )
+from lightning_ep.optimization import OptimConfig  # noqa: E402
 
 NAME = "neuromorphic_cost"
 CUTS = (5, 10, 20, 30)
@@ -56,8 +58,9 @@ def train_tiny(x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int = 6
     """A small spiking avg-pool network (conv 8, dense 64, θ = 0.01, feed-forward start) trained by EP for
     ``steps`` batches: the ``--quick`` stand-in for a trained checkpoint."""
     torch.manual_seed(0)
-    module = EPLightningModule(channels=(8,), kernel_size=5, hidden=(64,), pooling="avg", threshold=0.01, t1=12,
-                               t2=6, beta=0.2, start="feedforward", lr=2e-3, scheduler="none")
+    module = EPLightningModule(network=NetworkConfig(channels=(8,), kernel_size=5, hidden=(64,), threshold=0.01),
+                               phases=PhasesConfig(t1=12, t2=6, start="feedforward"), ep=EPConfig(beta=0.2),
+                               curvature=None, optim=OptimConfig(lr=2e-3, scheduler="none"))
     opt = torch.optim.Adam(module.net.parameters(), lr=2e-3)
     for i in range(steps):
         lo = (i * batch_size) % len(x)
@@ -72,7 +75,8 @@ def train_tiny_csnn(x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: in
     """A small snnTorch conv SNN (conv 8, dense 64, 10 steps) trained by BPTT for ``steps`` batches: the
     ``--quick`` stand-in for a trained baseline checkpoint."""
     torch.manual_seed(0)
-    module = SnnTorchCSNN(channels=(8,), kernel_size=5, hidden=(64,), num_steps=10, scheduler="none")
+    module = SnnTorchCSNN(channels=(8,), kernel_size=5, hidden=(64,), num_steps=10,
+                          optim=OptimConfig(scheduler="none"))
     opt = torch.optim.Adam(module.parameters(), lr=2e-3)
     for i in range(steps):
         lo = (i * batch_size) % len(x)
@@ -166,16 +170,18 @@ def measure(module: EPLightningModule, x: torch.Tensor, y: torch.Tensor, batch_s
             steps: int | None = None) -> Record:
     """Accuracy, cost per inference and latency of the module's free phase on ``x``, ``y``, and the accuracy and
     SynOps of the same runs cut after each of ``cuts`` steps."""
-    hp, net = module.hparams, module.net.eval()
-    t_eval = steps or hp.eval_t1 or hp.t1
+    phases, net = module.phases, module.net.eval()
+    t_eval = steps or phases.evaluation_steps
     totals = CostTotals(t_eval, cuts)
     for lo in range(0, len(x), batch_size):
         xb, yb = x[lo : lo + batch_size], y[lo : lo + batch_size]
-        _, trace = traced_free_phase(net, xb, max(t_eval, *cuts), hp["update"], hp.tol, hp.start, hp.omega)
+        _, trace = traced_free_phase(net, xb, max(t_eval, *cuts), phases.update, phases.tol, phases.start, phases.omega)
         totals.add(trace_cost(net, trace, t_eval), accuracy_at_steps(trace, yb, [t_eval, *cuts]), len(yb),
                    {t: trace_cost(net, trace, t) for t in cuts})
-    return {"kind": "ep", "threshold": net.threshold, "pooling": hp.pooling, "channels": list(hp.channels),
-            "hidden": list(hp.hidden), "start": hp.start, "update": hp["update"], "omega": hp.omega, "tol": hp.tol,
+    config = module.network_config
+    return {"kind": "ep", "threshold": net.threshold, "pooling": config.pooling, "channels": list(config.channels),
+            "hidden": list(config.hidden), "start": phases.start, "update": phases.update, "omega": phases.omega,
+            "tol": phases.tol,
             **totals.record(len(x))}
 
 

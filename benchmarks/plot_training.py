@@ -49,7 +49,7 @@ def curvature_bound(record: dict) -> str | float | None:
     """The run's curvature bound (None: unbounded), read from its command for records older than the field."""
     bound = record.get("curvature_bound")
     if bound is None:
-        bound = command_value(record, "--model.curvature_bound")
+        bound = command_value(record, "--model.curvature_bound")  # records older than the field: the old flag
     return None if bound in (None, "null") else bound
 
 

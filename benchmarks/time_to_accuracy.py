@@ -12,8 +12,8 @@ Every setting trains the same spiking 2C2FC network (hidden 256, avg pooling, Si
 same initial weights on the same batches (Adam, lr 1e-3 constant, batch 64, symmetric estimator):
   ours            explicit closed-form dynamics, async (even/odd) updates over-relaxed (omega 1.3), free phase
                   from a feed-forward sweep, T1=12, T2=8, and the curvature bound 0.9 (the penalty of
-                  ``EPLightningModule(curvature_bound=0.9)``, inside the clock): the best of ``levers.py``'s one-epoch
-                  settings (``recipes/configs/fmnist_demo.yaml`` with ``--model.curvature_bound 0.9``)
+                  ``CurvatureConfig(bound=0.9)``, inside the clock): the best of ``levers.py``'s one-epoch
+                  settings (``recipes/configs/fmnist_demo.yaml`` with ``--model.curvature.bound 0.9``)
   reference       autograd-of-energy dynamics, synchronous updates, from zeros, T1=200, T2=10, beta 0.2 (as in the
                   reference scripts)
   ours_at_ref_T   control: our engine, start and curvature bound at the reference's T1=200, T2=10
@@ -59,7 +59,7 @@ def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[s
     """Test accuracy with the setting's own free phase (explicit dynamics: the autograd ones compute the same)."""
     correct = 0
     for i in range(0, len(y), 1000):
-        free = free_phase(net, x[i : i + 1000], cfg["t1"], cfg["update"], "explicit", init=cfg["start"],
+        free = free_phase(net, x[i : i + 1000], cfg["t1"], cfg["update"], "explicit", start=cfg["start"],
                           omega=cfg["omega"])
         correct += int((net.logits(free.state.s).argmax(1) == y[i : i + 1000]).sum())
     return correct / len(y)
@@ -83,7 +83,7 @@ def run(setting: str, args: argparse.Namespace, train: tuple, test: tuple) -> di
         idx = order[(batch_idx % batches) * 64 :][:64]
         start = time.perf_counter()
         ep = equilibrium_propagation(net, x_all[idx], y_all[idx], BETA, cfg["t1"], cfg["t2"], update=cfg["update"],
-                                     dynamics=cfg["dynamics"], init=cfg["start"], omega=cfg["omega"])
+                                     dynamics=cfg["dynamics"], start=cfg["start"], omega=cfg["omega"])
         opt.zero_grad()
         training_objective(net, ep, cfg.get("curvature_bound")).backward()
         opt.step()

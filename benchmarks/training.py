@@ -171,7 +171,7 @@ def main(argv: list[str]) -> dict:
     datamodule_class, default_config = DATASETS[name]
     cli = build_cli(datamodule_class, ROOT / "recipes" / "configs" / default_config, f"lightning_ep-{name}", args)
     alignment = None
-    if cli.model.hparams.method == "ep" and cli.datamodule.hparams.val_size > 0:
+    if cli.model.method == "ep" and cli.datamodule.hparams.val_size > 0:
         # the EP-vs-BPTT cosine along training, on a fixed batch of validation images (none with --data.val_size 0,
         # which trains on the whole official training set: then the record has no curve and no cosine)
         alignment = GradientAlignment(every_n_steps=ALIGNMENT_EVERY, bptt_t1=ALIGNMENT_BPTT_T1,
@@ -182,22 +182,23 @@ def main(argv: list[str]) -> dict:
     start = time.perf_counter()
     metrics = fit_and_test(cli)
     wall = time.perf_counter() - start + curve.earlier_s
-    hp, trainer, data = cli.model.hparams, cli.trainer, cli.datamodule
+    model, trainer, data = cli.model, cli.trainer, cli.datamodule
+    phases, curvature = model.phases, model.curvature
     epochs_done = round(epochs_trained(trainer), 2)
     complete = (trainer.max_epochs is not None and epochs_done >= trainer.max_epochs
                 and data.hparams.train_subset is None and trainer.max_steps in (-1, None))
     record = {
         "dataset": "fashion_mnist" if name == "fmnist" else "mnist",
-        "method": hp.method, "spiking": cli.model.net.spiking, "epochs": epochs_done,
+        "method": model.method, "spiking": cli.model.net.spiking, "epochs": epochs_done,
         "test_error": round(1.0 - float(metrics["test/acc"]), 6), "wall_s": round(wall, 3), "hardware": hardware(),
         "command": shlex.join(["python", "benchmarks/training.py", *argv]), "complete": bool(complete),
         **network_summary(cli.model.net),
-        "threshold": cli.model.net.threshold, "t1": hp.t1,
-        "t2": hp.t2, "beta": hp.beta, "loss": hp.loss, "start": hp.start, "omega": hp.omega, "tol": hp.tol,
-        "lr": hp.lr, **optimizer_summary(trainer), "bptt_truncate": hp.get("bptt_truncate"),
-        "bptt_objective": hp.bptt_objective if hp.method == "bptt" else None,
-        "curvature_bound": hp.get("curvature_bound"),
-        "curvature_iters": hp.get("curvature_iters") if hp.get("curvature_bound") is not None else None,
+        "threshold": cli.model.net.threshold, "t1": phases.t1, "t2": phases.t2, "beta": model.ep.beta,
+        "loss": model.network_config.loss, "start": phases.start, "omega": phases.omega, "tol": phases.tol,
+        "lr": trainer.optimizers[0].defaults["lr"], **optimizer_summary(trainer), "bptt_truncate": model.bptt.truncate,
+        "bptt_objective": model.bptt.objective if model.method == "bptt" else None,
+        "curvature_bound": curvature.bound if curvature is not None else None,
+        "curvature_iters": curvature.iters if curvature is not None else None,
         "batch_size": data.hparams.batch_size,
         "train_samples": len(data.train_set) if data.train_set is not None else None,
         "max_epochs": trainer.max_epochs, "global_steps": trainer.global_step,

@@ -2,8 +2,9 @@
 
 from lightning_ep.blocks import SpikingConv2d, SpikingLinear
 from lightning_ep.bptt import BPTTResult, bptt_loss, nudged_bptt_loss
+from lightning_ep.config import BPTTConfig, CurvatureConfig, EPConfig, NetworkConfig, PhasesConfig
 from lightning_ep.dynamics import DivergenceError, NetworkState, Relaxation, relax, relax_autograd
-from lightning_ep.ep import EPResult, equilibrium_propagation, free_phase
+from lightning_ep.ep import EPResult, equilibrium_propagation
 from lightning_ep.network import Conv, ConvergentNetwork, Dense, two_conv_two_dense
 from lightning_ep.neuromorphic import (
     NeuromorphicCost,
@@ -14,19 +15,27 @@ from lightning_ep.neuromorphic import (
     traced_free_phase,
     training_step_cost,
 )
+from lightning_ep.optimization import OptimConfig
+from lightning_ep.phases import free_phase
 from lightning_ep.sigma_delta import SigmaDelta
 from lightning_ep.stability import active_coupling_eigenvalue
 
 __all__ = [
+    "BPTTConfig",
     "BPTTResult",
     "Conv",
     "ConvergentNetwork",
+    "CurvatureConfig",
     "Dense",
     "DivergenceError",
+    "EPConfig",
     "EPLightningModule",
     "EPResult",
+    "NetworkConfig",
     "NetworkState",
     "NeuromorphicCost",
+    "OptimConfig",
+    "PhasesConfig",
     "Relaxation",
     "SigmaDelta",
     "SpikingConv2d",

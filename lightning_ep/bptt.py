@@ -15,18 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_ep.dynamics import (
-    DivergenceError,
-    NetworkState,
-    Relaxation,
-    StartKind,
-    UpdateOrder,
-    input_drive,
-    relax,
-    start_state,
-)
-from lightning_ep.ep import check_steps
+from lightning_ep.dynamics import DivergenceError, NetworkState, Relaxation, StartKind, UpdateOrder, input_drive, relax
 from lightning_ep.network import ConvergentNetwork
+from lightning_ep.phases import check_steps, run_free_phase
 
 
 @dataclass
@@ -45,15 +36,26 @@ def bptt_loss(
     y: Tensor,
     t1: int = 60,
     update: UpdateOrder = "async",
-    init: NetworkState | StartKind | None = None,
+    start: NetworkState | StartKind | None = None,
     omega: float = 1.0,
     truncate: int | None = None,
 ) -> BPTTResult:
-    """Mean loss after ``t1`` free steps from ``init`` (as in :func:`~lightning_ep.ep.free_phase`), with the autograd
-    graph through all of them (and through the feed-forward sweep of ``init='feedforward'``). With ``truncate=k``
-    the first ``t1 - k`` steps run without a graph and the gradient goes through the last ``k`` steps only, from
-    the state they reached (truncated BPTT, as the EP reference codes' BPTT baseline). The labels ``y`` are class
-    indices of any integer dtype."""
+    """Mean loss after ``t1`` free steps from ``start`` (:func:`~lightning_ep.phases.run_free_phase`), with the
+    autograd graph through all of them (and through the feed-forward sweep of ``start="feedforward"``, whose spikes
+    count as the free phase's).
+
+    Args:
+        net: the network.
+        x: the input batch.
+        y: the labels, class indices of any integer dtype.
+        t1: the free phase's steps.
+        update: ``'async'`` (odd layers, then even) or ``'sync'`` (all at once).
+        start: the start state: a state, ``'zeros'`` (None) or ``'feedforward'`` (a sweep).
+        omega: the relaxation factor, in (0, 2).
+        truncate: backpropagate through the last ``truncate`` steps only: the first ``t1 - truncate`` run without a
+            graph and the gradient flows from the state they reached (truncated BPTT, as the EP reference codes'
+            BPTT baseline). None: all ``t1`` steps.
+    """
     net.check_input(x, y)
     check_steps("t1", t1)
     if truncate is not None:
@@ -61,17 +63,7 @@ def bptt_loss(
         if truncate > t1:
             raise ValueError(f"truncate ({truncate}) must be <= t1 ({t1}): it counts the last steps backpropagated")
     y = y.long()  # cross_entropy and one_hot take int64 only (no copy when y is int64 already)
-    if truncate is None or truncate == t1:
-        x_drive = input_drive(net, x)
-        free = relax(net, x_drive, start_state(net, x_drive, init)[0], t1, update=update, omega=omega)
-    else:
-        with torch.no_grad():
-            x_drive = input_drive(net, x)
-            head = relax(net, x_drive, start_state(net, x_drive, init)[0], t1 - truncate, update=update, omega=omega)
-        x_drive = input_drive(net, x)  # with its graph: the drive's parameters get their gradient too
-        tail = relax(net, x_drive, head.state.detach(), truncate, update=update, omega=omega)
-        spikes = [a + b for a, b in zip(head.spikes, tail.spikes, strict=True)]
-        free = Relaxation(tail.state, t1, tail.last_change, spikes, tail.mean_change)
+    free = run_free_phase(net, x, t1, update, start=start, omega=omega, grad=True, truncate=truncate)
     logits = net.logits(free.state.s)
     loss = _finite_mean_loss(net, free.state, y)
     return BPTTResult(loss, logits, free)
@@ -85,17 +77,28 @@ def nudged_bptt_loss(
     t1: int = 60,
     t2: int = 20,
     update: UpdateOrder = "async",
-    init: NetworkState | StartKind | None = None,
+    start: NetworkState | StartKind | None = None,
     omega: float = 1.0,
     nudged_omega: float = 1.0,
 ) -> BPTTResult:
-    """Mean loss after ``t2`` steps nudged at strength ``nudge`` (of either sign, as EP's phases; one for the batch
-    or a tensor of one per sample) from the state ``t1`` free steps from ``init`` reached, with the autograd graph
-    through the nudged steps only (and through the input drive); the free phase runs without a graph. ``logits``:
-    the free state's (the prediction). ``omega`` is the free phase's relaxation factor, ``nudged_omega`` the nudged
-    steps': plain steps (1) by default, since over-relaxed steps overshoot by design and BPTT through an
-    overshooting, unsettled phase can collapse training. Draw ``nudge`` uniformly from [-beta, beta]
-    (:func:`draw_nudges`) to sample the gradient of EP's objective."""
+    """Mean loss after ``t2`` steps nudged at strength ``nudge`` from the state ``t1`` free steps from ``start``
+    reached, with the autograd graph through the nudged steps only (and through the input drive); the free phase
+    runs without a graph. ``logits``: the free state's (the prediction). Draw ``nudge`` uniformly from [-beta, beta]
+    (:func:`draw_nudges`) to sample the gradient of EP's objective.
+
+    Args:
+        net: the network.
+        x: the input batch.
+        y: the labels, class indices of any integer dtype.
+        nudge: the nudge strength, of either sign as EP's phases: one for the batch or a tensor of one per sample.
+        t1: the free phase's steps.
+        t2: the nudged phase's steps.
+        update: ``'async'`` (odd layers, then even) or ``'sync'`` (all at once).
+        start: the free phase's start state: a state, ``'zeros'`` (None) or ``'feedforward'`` (a sweep).
+        omega: the free phase's relaxation factor, in (0, 2).
+        nudged_omega: the nudged steps' relaxation factor: plain steps (1) by default, since over-relaxed steps
+            overshoot by design and BPTT through an overshooting, unsettled phase can collapse training.
+    """
     net.check_input(x, y)
     check_steps("t1", t1)
     check_steps("t2", t2)
@@ -105,9 +108,7 @@ def nudged_bptt_loss(
     if net.readout is None and bool((strengths <= -1.0).any()):
         raise ValueError(f"nudge must be > -1 with the mse output (1 + nudge > 0), got {nudge}")
     y = y.long()
-    with torch.no_grad():
-        x_drive = input_drive(net, x)
-        free = relax(net, x_drive, start_state(net, x_drive, init)[0], t1, update=update, omega=omega)
+    free = run_free_phase(net, x, t1, update, start=start, omega=omega)
     x_drive = input_drive(net, x)  # with its graph: the drive's parameters get their gradient too
     nudged = relax(net, x_drive, free.state.detach(), t2, nudge, y, update=update, omega=nudged_omega)
     loss = _finite_mean_loss(net, nudged.state, y)

@@ -1,19 +1,26 @@
 """The recipes' command line: LightningCLI over ``EPLightningModule`` and a data module, then fit and test.
 
-``python recipes/fmnist.py --trainer.devices 2 --model.beta=0.2 --config my.yaml`` and every ``--model.*``,
+``python recipes/fmnist.py --trainer.devices 2 --model.ep.beta=0.2 --config my.yaml`` and every ``--model.*``,
 ``--data.*``, ``--trainer.*`` flag work; ``--print_config`` prints the merged config. The default logger is W&B
 (offline, with the command to sync, when there is no login), or a CSV logger when wandb is not installed.
+``--checkpoint_every_n_steps N`` also writes ``last.ckpt`` every N training steps (resume a killed run from it
+with ``--ckpt_path``). LightningCLI's top-level ``--optimizer`` / ``--lr_scheduler`` are refused: the modules set up
+their own optimizer and schedule (manual optimization), from their ``--model.*`` optimizer flags.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from jsonargparse.typing import PositiveInt
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -48,13 +55,104 @@ def default_logger(project: str) -> dict[str, Any]:
     }
 
 
+class PeriodicLastCheckpoint(ModelCheckpoint):
+    """Writes only ``last.ckpt`` (the full training state): every ``every_n_steps`` training steps and at the end of
+    every training epoch, including one cut short (``max_time``, ``max_steps``, a stop).
+
+    Args:
+        every_n_steps: training steps (optimizer steps, ``trainer.global_step``) between two writes.
+        dirpath: the directory of ``last.ckpt``; by default the logger's ``checkpoints`` folder (or
+            ``<default_root_dir>/checkpoints`` without a logger), as for ``ModelCheckpoint``.
+    """
+
+    def __init__(self, every_n_steps: int, dirpath: str | Path | None = None) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_steps)
+        self.every_n_steps = every_n_steps
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            last = Path(self.dirpath or ".", self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+            rank_zero_info(f"Writing {last} every {self.every_n_steps} training steps and at the end of every epoch; "
+                           f"resume a run cut short with --ckpt_path {last}")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings():  # the state after the optimizer step is the one to resume from
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class RefusedArgument(argparse.ArgumentTypeError, ValueError):
+    """A refused top-level argument (an ``ArgumentTypeError`` on the command line, a ``ValueError`` in a config)."""
+
+
+def refuse(message: str) -> Callable[[Any], None]:
+    """An argument type that accepts only null (configs saved by earlier runs hold ``optimizer: null``) and refuses
+    any other value with ``message``."""
+
+    def check(value: Any) -> None:
+        if value is None or value in ("null", "None"):
+            return None
+        raise RefusedArgument(message)
+
+    return check
+
+
 class EPLightningCLI(LightningCLI):
-    """Links the data's input shape and class count into the model; ``--ckpt_path`` resumes a run."""
+    """Links the data's input shape and class count into the model; ``--ckpt_path`` resumes a run;
+    ``--checkpoint_every_n_steps`` writes ``last.ckpt`` periodically; refuses ``--optimizer`` / ``--lr_scheduler``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["auto_configure_optimizers"] = False  # the modules configure their own (manual optimization)
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="checkpoint to resume from")
-        parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.add_argument(
+            "--checkpoint_every_n_steps", type=PositiveInt | None, default=None,
+            help="also write last.ckpt (the full training state) every N training steps and at each epoch's end "
+                 "(in the logger's checkpoints folder); a run killed mid-epoch resumes from it with --ckpt_path")
+        use = ("use the model's own --model.optim.optimizer, --model.optim.lr, --model.optim.weight_decay and "
+               "--model.optim.scheduler instead (see --help)")
+        why = {"--optimizer": "would replace the model's optimizer (one parameter group, no learning-rate schedule) "
+                              "while its hyperparameters still name its own",
+               "--lr_scheduler": "would be ignored: the model steps its own schedule (manual optimization)"}
+        for flag, effect in why.items():
+            parser.add_argument(flag, type=refuse(f"LightningCLI's {flag} {effect}; {use}"), default=None,
+                                help=f"not supported: {use}")
+        # EPLightningModule keeps them in its network group; the baselines take them flat
+        prefix = "model.network." if issubclass(self.model_class, EPLightningModule) else "model."
+        for name in ("input_shape", "num_classes"):
+            parser.link_arguments(f"data.{name}", prefix + name, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        every = self._get(self.config, "checkpoint_every_n_steps")
+        if every is not None and self._get(self.config, "trainer.enable_checkpointing") is False:
+            self.parser.error(f"--checkpoint_every_n_steps {every} writes checkpoints, but checkpointing is off: drop "
+                              "--trainer.enable_checkpointing=false (or the flag)")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with a :class:`PeriodicLastCheckpoint` added when ``--checkpoint_every_n_steps`` is set; it
+        takes over ``last.ckpt`` from the configured ``ModelCheckpoint`` s that write one to the same folder (else
+        they would write ``last-v1.ckpt`` beside it), which keep their other checkpoints."""
+        every = self._get(self.config, "checkpoint_every_n_steps")
+        if every is None:
+            return super().instantiate_trainer(**kwargs)
+        callbacks = kwargs.pop("callbacks", self._get(self.config_init, "trainer", default={}).get("callbacks")) or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        periodic = PeriodicLastCheckpoint(every)
+        for callback in callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath == periodic.dirpath:
+                callback.save_last = False
+                rank_zero_info(f"--checkpoint_every_n_steps: last.ckpt is written by PeriodicLastCheckpoint, not by "
+                               f"ModelCheckpoint(monitor={callback.monitor!r}), which keeps its other checkpoints.")
+        return super().instantiate_trainer(callbacks=[*callbacks, periodic], **kwargs)
 
 
 def build_cli(

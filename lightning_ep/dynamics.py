@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_ep.network import ConvergentNetwork
+if TYPE_CHECKING:  # the network imports the free phase, which imports this module
+    from lightning_ep.network import ConvergentNetwork
 
 UpdateOrder = Literal["async", "sync"]
 StartKind = Literal["zeros", "feedforward"]
@@ -30,11 +31,15 @@ class DivergenceError(RuntimeError):
 
 
 class StepRecorder(Protocol):
-    """An opt-in observer of :func:`relax` (e.g. ``lightning_ep.neuromorphic.StepTrace``): called once at the end
-    of every step with the states after it and the signed spike counts each layer sent in it (``None`` for a layer
-    that does not spike). It must not modify them."""
+    """An opt-in observer of :func:`relax` (e.g. ``lightning_ep.neuromorphic.StepTrace``): ``record_step`` is called
+    once at the end of every step with the states after it and the signed spike counts each layer sent in it
+    (``None`` for a layer that does not spike); ``record_start``, by the free phase
+    (:func:`~lightning_ep.phases.run_free_phase`), with the counts of the feed-forward sweep that reached its start
+    state. It must not modify them."""
 
     def record_step(self, net: ConvergentNetwork, s: Sequence[Tensor], sent: Sequence[Tensor | None]) -> None: ...
+
+    def record_start(self, net: ConvergentNetwork, batch: int, sent: Sequence[Tensor | None]) -> None: ...
 
 
 @dataclass
@@ -125,19 +130,26 @@ def check_omega(omega: float) -> None:
 
 
 def start_state(
-    net: ConvergentNetwork, x_drive: Tensor, init: NetworkState | StartKind | None,
+    net: ConvergentNetwork, x_drive: Tensor, start: NetworkState | StartKind | None,
     dither: torch.Generator | None = None,
 ) -> tuple[NetworkState, list[Tensor]]:
-    """The state a free phase starts from (``None`` means ``'zeros'``) and the spikes sent to reach it (the
-    feed-forward sweep sends each layer's reconstruction from zero; zeros otherwise)."""
-    if init == "feedforward":
+    """The state a free phase starts from and the spikes sent to reach it (the feed-forward sweep sends each
+    layer's reconstruction from zero; zeros otherwise).
+
+    Args:
+        net: the network.
+        x_drive: the first layer's drive from the input (:func:`input_drive`).
+        start: a state (used as it is), ``'zeros'`` (or None) or ``'feedforward'`` (:func:`feedforward_state`).
+        dither: the generator of dithered Sigma-Delta rounding for the sweep (None: round to nearest).
+    """
+    if start == "feedforward":
         return feedforward_state(net, x_drive, dither)
-    if isinstance(init, NetworkState):
-        state = init
-    elif init is None or init == "zeros":
+    if isinstance(start, NetworkState):
+        state = start
+    elif start is None or start == "zeros":
         state = NetworkState.zeros(net, x_drive.shape[0])
     else:
-        raise ValueError(f"unknown initial state {init!r}: use one of {START_KINDS} or a NetworkState")
+        raise ValueError(f"unknown start state {start!r}: use one of {START_KINDS} or a NetworkState")
     return state, [x_drive.new_zeros(()) for _ in net.blocks]
 
 

@@ -1,5 +1,6 @@
 """Equilibrium Propagation: a free phase, nudged phases at +beta and -beta, and a surrogate loss whose parameter
-gradient is the EP estimate. The whole algorithm is in this file.
+gradient is the EP estimate. The whole algorithm is in this file; the free phase it starts with is
+``lightning_ep.phases``' (shared with BPTT and inference).
 
     free:    s0  = relax(F(., beta=0))        T1 steps from zero or from a feed-forward sweep (a warm start)
     nudge:   s+  = relax(F(., +beta))          T2 steps from s0
@@ -33,14 +34,23 @@ from lightning_ep.dynamics import (
     UpdateOrder,
     check_average_last,
     input_drive,
-    relax,
-    relax_autograd,
-    start_state,
 )
 from lightning_ep.network import ConvergentNetwork
+from lightning_ep.phases import Dynamics, check_dynamics, check_steps, free_phase, run_free_phase, run_phase
+
+__all__ = [  # the free phase and its checks live in lightning_ep.phases: importable from here too
+    "ESTIMATORS",
+    "Dynamics",
+    "EPResult",
+    "Estimator",
+    "check_dynamics",
+    "check_ep_args",
+    "check_steps",
+    "equilibrium_propagation",
+    "free_phase",
+]
 
 Estimator = Literal["symmetric", "one_sided", "random_sign"]
-Dynamics = Literal["explicit", "autograd"]
 ESTIMATORS = ("symmetric", "one_sided", "random_sign")
 
 
@@ -72,44 +82,6 @@ def check_ep_args(
     check_average_last(average_last, t2 if estimator == "symmetric" else min(t1, t2), tol)
 
 
-def check_steps(name: str, steps: int) -> None:
-    """Raise a ValueError unless ``steps`` (a number of dynamics steps) is an integer >= 1."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"{name} (number of dynamics steps) must be an integer >= 1, got {steps!r}")
-
-
-def check_dynamics(dynamics: str, update: str, omega: float, average_last: int = 0) -> None:
-    """Raise a ValueError that names a bad choice of dynamics for its update order, relaxation factor and state
-    averaging."""
-    if dynamics not in ("explicit", "autograd"):
-        raise ValueError(f"unknown dynamics {dynamics!r}: use 'explicit' or 'autograd'")
-    if dynamics == "autograd" and (update != "sync" or omega != 1.0 or average_last):
-        raise ValueError("autograd dynamics are the synchronous reference: use update='sync', omega=1 and "
-                         "average_last=0 with them")
-
-
-def free_phase(
-    net: ConvergentNetwork,
-    x: Tensor,
-    t1: int,
-    update: UpdateOrder = "async",
-    dynamics: Dynamics = "explicit",
-    tol: float | None = None,
-    init: NetworkState | StartKind | None = None,
-    omega: float = 1.0,
-    dither: torch.Generator | None = None,
-    average_last: int = 0,
-) -> Relaxation:
-    """Relax with ``beta = 0`` from ``init`` (a state, ``'zeros'`` (default) or ``'feedforward'``); no autograd
-    graph is kept. ``omega``, ``dither`` and ``average_last``: as in :func:`~lightning_ep.dynamics.relax`. A batch
-    ``x`` of the wrong shape, or with NaN/inf, raises a ValueError that names the problem."""
-    check_steps("t1", t1)
-    net.check_input(x)
-    check_dynamics(dynamics, update, omega, average_last)
-    with torch.no_grad():
-        return _free(net, x, input_drive(net, x), init, t1, update, dynamics, tol, omega, dither, average_last)
-
-
 def equilibrium_propagation(
     net: ConvergentNetwork,
     x: Tensor,
@@ -122,16 +94,32 @@ def equilibrium_propagation(
     dynamics: Dynamics = "explicit",
     tol: float | None = None,
     generator: torch.Generator | None = None,
-    init: NetworkState | StartKind | None = None,
+    start: NetworkState | StartKind | None = None,
     omega: float = 1.0,
     dither: torch.Generator | None = None,
     average_last: int = 0,
 ) -> EPResult:
-    """Run the EP phases on a batch and return the surrogate whose parameter gradient is the EP estimate. The
-    labels ``y`` are class indices of any integer dtype. ``dither``: the generator of dithered Sigma-Delta
-    (every phase; both nudged phases replay the same stream); ``average_last``: the energy is evaluated at the
-    states averaged over the last that many steps of each phase the estimate uses (the free phase too with the
-    one-sided and random-sign estimators)."""
+    """Run the EP phases on a batch and return the surrogate whose parameter gradient is the EP estimate.
+
+    Args:
+        net: the network.
+        x: the input batch.
+        y: the labels, class indices of any integer dtype.
+        beta: the nudge strength (> 0; < 1 with the mse output and a -beta phase).
+        t1: the free phase's most steps.
+        t2: each nudged phase's steps.
+        estimator: ``'symmetric'`` (+beta and -beta), ``'one_sided'`` (free and +beta) or ``'random_sign'``
+            (free and a +-beta drawn from ``generator``).
+        update: ``'async'`` (odd layers, then even) or ``'sync'`` (all at once).
+        dynamics: ``'explicit'`` or ``'autograd'`` (the synchronous reference).
+        tol: end a phase once a step's largest state change is ``<= tol`` (None: run all steps).
+        generator: draws the sign of ``'random_sign'``.
+        start: the free phase's start state: a state, ``'zeros'`` (None) or ``'feedforward'`` (a sweep).
+        omega: the relaxation factor, in (0, 2).
+        dither: the generator of dithered Sigma-Delta (every phase; both nudged phases replay the same stream).
+        average_last: evaluate the energy at the states averaged over the last that many steps of each phase the
+            estimate uses (the free phase too with the one-sided and random-sign estimators).
+    """
     check_ep_args(net, beta, t1, t2, estimator, average_last, tol)
     net.check_input(x, y)
     check_dynamics(dynamics, update, omega, average_last)
@@ -140,7 +128,8 @@ def equilibrium_propagation(
     with torch.no_grad():
         x_drive = input_drive(net, x)
         free_average = 0 if estimator == "symmetric" else average_last
-        phases["free"] = free = _free(net, x, x_drive, init, t1, update, dynamics, tol, omega, dither, free_average)
+        phases["free"] = free = run_free_phase(net, x, t1, update, dynamics, tol, start, omega, dither, free_average,
+                                               x_drive=x_drive)
         if estimator == "random_sign":
             sign = 1.0 if torch.rand((), generator=generator) < 0.5 else -1.0
             betas = (sign * beta,)
@@ -150,8 +139,8 @@ def equilibrium_propagation(
         for b in betas:
             if dither is not None:
                 dither.set_state(stream)  # common random numbers: each nudged phase sees the same noise
-            phases["positive" if b > 0 else "negative"] = _relax(net, x, x_drive, free.state, t2, b, y, update,
-                                                                 dynamics, tol, omega, dither, average_last)
+            phases["positive" if b > 0 else "negative"] = run_phase(net, x, x_drive, free.state, t2, b, y, update,
+                                                                    dynamics, tol, omega, dither, average_last)
     if estimator == "symmetric":
         hi, lo, b_hi, b_lo = phases["positive"].estimate_s, phases["negative"].estimate_s, beta, -beta
     else:
@@ -170,42 +159,3 @@ def equilibrium_propagation(
         loss = net.loss(free.state.s, y).mean()
     return EPResult(surrogate, logits, loss, phases, free.state)
 
-
-def _free(
-    net: ConvergentNetwork,
-    x: Tensor,
-    x_drive: Tensor,
-    init: NetworkState | StartKind | None,
-    steps: int,
-    update: UpdateOrder,
-    dynamics: Dynamics,
-    tol: float | None,
-    omega: float,
-    dither: torch.Generator | None = None,
-    average_last: int = 0,
-) -> Relaxation:
-    """The free phase from ``init``; the spikes sent to reach the start state count as the phase's."""
-    state, sent = start_state(net, x_drive, init, dither)
-    free = _relax(net, x, x_drive, state, steps, 0.0, None, update, dynamics, tol, omega, dither, average_last)
-    free.spikes = [a + b for a, b in zip(free.spikes, sent, strict=True)]
-    return free
-
-
-def _relax(
-    net: ConvergentNetwork,
-    x: Tensor,
-    x_drive: Tensor,
-    state: NetworkState,
-    steps: int,
-    beta: float,
-    y: Tensor | None,
-    update: UpdateOrder,
-    dynamics: Dynamics,
-    tol: float | None,
-    omega: float,
-    dither: torch.Generator | None = None,
-    average_last: int = 0,
-) -> Relaxation:
-    if dynamics == "autograd":
-        return relax_autograd(net, x, state, steps, beta, y, dither)
-    return relax(net, x_drive, state, steps, beta, y, update, tol, omega, dither=dither, average_last=average_last)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ep.blocks import Shape, SpikingConv2d, SpikingLinear
+from lightning_ep.phases import free_phase
 from lightning_ep.pooling import POOLING_KINDS, check_pooling, pooled_hw
 from lightning_ep.sigma_delta import SpikeFunction
 
@@ -70,6 +71,7 @@ class ConvergentNetwork(nn.Module):
         if not 1 <= len(input_shape) <= 3 or any(int(d) < 1 for d in input_shape):
             raise ValueError(f"input_shape must be (C, H, W) or (features,) with positive sizes, got {input_shape}")
         self.input_shape: Shape = tuple(int(d) for d in input_shape)
+        self.layer_specs: tuple[Conv | Dense, ...] = tuple(layers)  # what was built, input side first
         self.num_classes = num_classes
         self.loss_kind: LossKind = loss
         blocks: list[nn.Module] = []
@@ -134,18 +136,25 @@ class ConvergentNetwork(nn.Module):
         self,
         x: Tensor,
         t1: int = 60,
-        init: NetworkState | StartKind | None = "zeros",
+        start: NetworkState | StartKind | None = "zeros",
         update: UpdateOrder = "async",
         tol: float | None = None,
         omega: float = 1.0,
     ) -> Tensor:
-        """The logits after a free phase of ``t1`` steps from ``init`` (:func:`~lightning_ep.ep.free_phase`),
-        without autograd: ``net(x).argmax(1)`` predicts. The defaults are ``equilibrium_propagation``'s; pass the
-        settings the network was trained with (e.g. ``t1=10, init='feedforward'``) to evaluate it as trained."""
-        from lightning_ep.ep import free_phase  # ep imports this module
+        """The logits after a free phase (:func:`~lightning_ep.phases.free_phase`, without autograd):
+        ``net(x).argmax(1)`` predicts. The defaults are ``equilibrium_propagation``'s; pass the settings the network
+        was trained with (e.g. ``t1=10, start='feedforward'``) to evaluate it as trained.
 
+        Args:
+            x: the input batch.
+            t1: the free phase's most steps.
+            start: the start state: a state, ``'zeros'`` or ``'feedforward'`` (a sweep).
+            update: ``'async'`` (odd layers, then even) or ``'sync'`` (all at once).
+            tol: stop once a step's largest state change is ``<= tol`` (None: run all ``t1`` steps).
+            omega: the relaxation factor, in (0, 2).
+        """
         with torch.no_grad():
-            return self.logits(free_phase(self, x, t1, update, "explicit", tol, init, omega).state.s)
+            return self.logits(free_phase(self, x, t1, update, "explicit", tol, start, omega).state.s)
 
     # -- the energy and the loss: the single source of truth -------------------------------------------------
     def energy(self, x: Tensor, states: Sequence[Tensor]) -> Tensor:

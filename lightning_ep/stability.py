@@ -128,7 +128,7 @@ def curvature_penalty(
     """A penalty on the samples whose largest active eigenvalue exceeds ``bound``: its value is the mean over the
     samples of ``max(0, eigenvalue - bound)`` and its gradient in the weights that of the eigenvalues above the bound
     (through :func:`coupling_quadratic_form` at their eigenvectors), which lowers the coupling along those
-    directions only. ``iters`` power-iteration rounds (as ``EPLightningModule(curvature_iters=...)``; few rounds
+    directions only. ``iters`` power-iteration rounds (as ``CurvatureConfig(iters=...)``; few rounds
     estimate the eigenvalue from below, so the penalty then acts on fewer samples). Returns the penalty and the
     eigenvalues (detached)."""
     pair = active_eigenpair(net, [s.detach() for s in states], iters, generator)

@@ -2,7 +2,9 @@
 
     python recipes/fmnist.py                                 # the CPU demo config
     python recipes/fmnist.py --config recipes/configs/fmnist_paper.yaml
-    python recipes/fmnist.py --trainer.devices 2 --model.beta=0.2 --print_config
+    python recipes/fmnist.py --trainer.devices 2 --model.ep.beta=0.2 --print_config
+    python recipes/fmnist.py --checkpoint_every_n_steps 200     # last.ckpt every 200 steps; after a kill:
+    python recipes/fmnist.py --checkpoint_every_n_steps 200 --ckpt_path runs/.../checkpoints/last.ckpt
 """
 
 from pathlib import Path

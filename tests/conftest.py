@@ -90,7 +90,19 @@ def mnist_installed() -> None:
 needs_fmnist = pytest.mark.usefixtures("fashion_mnist_installed")
 needs_mnist = pytest.mark.usefixtures("mnist_installed")
 
-TINY = dict(channels=[4], kernel_size=3, hidden=[16], t1=20, t2=8, beta=0.2, lr=1e-2)
+# A tiny non-spiking EPLightningModule: its settings by group (``EPLightningModule(**settings(...))``).
+TINY: dict = {"network": {"channels": [4], "kernel_size": 3, "hidden": [16], "threshold": 0.0},
+              "phases": {"t1": 20, "t2": 8}, "ep": {"beta": 0.2}, "curvature": None, "optim": {"lr": 1e-2}}
+
+
+def settings(base: dict | None = None, **groups: object) -> dict:
+    """``base``'s settings (default ``TINY``) with ``groups`` changed: a dict is merged into that group's dict,
+    anything else (a value, None) replaces it."""
+    merged = dict(TINY if base is None else base)
+    for name, value in groups.items():
+        old = merged.get(name)
+        merged[name] = {**old, **value} if isinstance(value, dict) and isinstance(old, dict) else value
+    return merged
 
 
 @pytest.fixture

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, PatternDataModule, needs_fmnist
+from conftest import PatternDataModule, needs_fmnist, settings
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_ep.baselines import SnnTorchCSNN
 from lightning_ep.module import EPLightningModule
+from lightning_ep.optimization import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE, CLASSES = (3, 10, 10), 4
-TINY_CSNN = dict(channels=[4], kernel_size=3, hidden=[16], num_steps=8, lr=1e-2)
+TINY_CSNN = dict(channels=[4], kernel_size=3, hidden=[16], num_steps=8, optim=OptimConfig(lr=1e-2))
 # the full results, this script's default --quick output and the README's figures
 PROTECTED = ("benchmarks/results/*.json", "benchmarks/results/quick/baselines.*", "docs/*.png")
 
@@ -48,7 +49,10 @@ def test_shapes_and_spike_counts_are_consistent():
     counts = model(x)
     assert counts.shape == (7, CLASSES) and counts.min() >= 0 and counts.max() <= 5  # at most one spike per step
     assert run.layer_spikes[-1] == run.output_spikes.sum()
-    assert all(0.0 <= float(rate) <= 1.0 for rate in run.spike_rates())
+    # spikes per neuron per step: each layer's count over its neurons, the 5 steps and the 7 samples
+    for rate, count, neurons in zip(run.spike_rates(), run.layer_spikes, [100, 24, 16, CLASSES], strict=True):
+        assert float(rate) == pytest.approx(float(count) / (neurons * 5 * 7))
+    assert float(run.spike_rates()[-1]) == pytest.approx(float(run.output_spikes.mean()))
 
 
 def test_zero_input_and_zero_bias_give_no_spikes():
@@ -123,8 +127,8 @@ def _logged_names(model, data, tmp_path) -> set[str]:
 
 def test_metric_names_match_the_ep_module(tmp_path):
     data = PatternDataModule(n=64)
-    ep_names = _logged_names(EPLightningModule(input_shape=SHAPE, num_classes=CLASSES, threshold=0.01, **TINY),
-                             data, tmp_path)
+    shapes = {"input_shape": SHAPE, "num_classes": CLASSES, "threshold": 0.01}
+    ep_names = _logged_names(EPLightningModule(**settings(network=shapes)), data, tmp_path)
     csnn_names = _logged_names(csnn(), data, tmp_path)
     shared = {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "train/spike_rate_layer1",
               "val/spike_rate_layer1", "test/spike_rate_layer1"}
@@ -157,9 +161,10 @@ def test_pickles_and_keeps_its_hyperparameters(tmp_path):
     (dict(loss="ce"), "unknown loss"),
     (dict(channels=[4, 8, 16], padding=0), "does not fit"),
     (dict(hidden=[0]), "widths must be >= 1"),
-    (dict(optimizer="adamw"), "unknown optimizer"),
-    (dict(scheduler="step"), "unknown scheduler"),
-    (dict(lr=0.0), "lr must be > 0"),
+    (dict(optim=dict(optimizer="adamx")), "not the import path of a torch.optim"),
+    (dict(optim=dict(scheduler="step")), "not the import path of a torch.optim.lr_scheduler"),
+    (dict(optim=dict(lr=0.0)), "learning rates must be finite and > 0"),
+    (dict(optim=dict(gradient_clip_val=1.0)), "pass gradient_clip_val and accumulate_grad_batches to the Trainer"),
     (dict(input_shape=(10, 10)), "input_shape must be"),
 ])
 def test_bad_arguments_raise_a_clear_error(kwargs, match):
@@ -202,8 +207,11 @@ def test_baselines_benchmark_quick(tmp_path):
     training = {r["key"]: r for r in records if r["kind"] == "training"}
     memory = {r["key"]: r for r in records if r["kind"] == "memory"}
     assert set(training) == set(memory) == {"ep", "bptt", "bptt_nudged", "csnn"}
-    assert all(0.0 <= r["test_error"] <= 1.0 and r["s_per_epoch"] > 0 and r["test_samples"] == 64
-               and r["train_samples"] == 64 for r in training.values())
+    assert all(r["s_per_epoch"] > 0 and r["test_samples"] == 64 and r["train_samples"] == 64
+               for r in training.values())
+    for r in training.values():  # an error over the 64 test images: 1 - correct / 64, with 0 <= correct <= 64
+        correct = round((1.0 - r["test_error"]) * r["test_samples"])
+        assert 0 <= correct <= r["test_samples"] and r["test_error"] == pytest.approx(1.0 - correct / 64, abs=1e-6), r
     assert all(r["T"] == 4 and r["saved_bytes"] > 0 and r["peak_bytes"] >= 0 for r in memory.values())
     assert memory["bptt"]["saved_bytes"] > memory["ep"]["saved_bytes"]  # EP's free phase keeps no graph
     assert memory["bptt"]["saved_bytes"] > memory["bptt_nudged"]["saved_bytes"]  # a graph through T2 steps only

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import needs_fmnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def verdicts(proc: subprocess.CompletedProcess) -> list[str]:
     return lines
 
 
-def tiny_checkpoint(tmp_path: Path, **module_args: object) -> Path:
+def tiny_checkpoint(tmp_path: Path, threshold: float = 0.0) -> Path:
     """A checkpoint of a tiny ``EPLightningModule`` trained for one step on noise."""
     import torch
     from lightning.pytorch import Trainer
@@ -65,13 +66,62 @@ def tiny_checkpoint(tmp_path: Path, **module_args: object) -> Path:
 
     from lightning_ep.module import EPLightningModule
 
-    module = EPLightningModule(channels=[4, 8], hidden=[16], t1=3, t2=2, scheduler="none", **module_args)
+    module = EPLightningModule(network={"channels": [4, 8], "hidden": [16], "threshold": threshold},
+                               phases={"t1": 3, "t2": 2}, curvature=None, optim={"scheduler": "none"})
     data = DataLoader(TensorDataset(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=8)
     trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
     trainer.fit(module, data)
     trainer.save_checkpoint(tmp_path / "tiny.ckpt")
     return tmp_path / "tiny.ckpt"
+
+
+def _gradient(net: torch.nn.Module, objective: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The flattened gradient of ``objective`` by parameter name, and all of them together (``'all'``)."""
+    names, params = zip(*net.named_parameters(), strict=True)
+    flat = [g.flatten() for g in torch.autograd.grad(objective, params)]
+    return {**dict(zip(names, flat, strict=True)), "all": torch.cat(flat)}
+
+
+def alignment_cosines(batch: int, hidden: int, beta: float, t1: int, t2: int, threshold: float = 0.01,
+                      ) -> tuple[dict[tuple, tuple[float, float]], dict[str, float]]:
+    """alignment.py's cells, computed here from its description: per pooling, the 2C2FC net (seed 0, no spikes)
+    trained by one EP step (Adam 3e-4, beta 0.2, T1 5, T2 3, async) on FashionMNIST train[0:8], then in float64 on
+    test[0:batch] the cosine of each cell's EP gradient (symmetric, async; dithered: seed 0, the last 3/5 of T2
+    averaged) to the BPTT gradient through T1 steps of the cell's network and to that of the network without spikes,
+    per tensor and over all parameters. Returns them by (pooling, threshold, dither, param), and the training loss
+    of each pooling's step."""
+    from lightning_ep import bptt_loss, equilibrium_propagation, two_conv_two_dense
+    from lightning_ep.data import load_split
+
+    train_x, train_y = load_split("fashion_mnist", train=True)
+    test_x, test_y = load_split("fashion_mnist", train=False)
+    x, y = test_x[:batch].double(), test_y[:batch]
+    out, losses = {}, {}
+    for pooling in ("avg", "max"):
+        torch.manual_seed(0)
+        net = two_conv_two_dense(pooling=pooling, hidden=hidden, threshold=0.0)
+        opt = torch.optim.Adam(net.parameters(), lr=3e-4)
+        step = equilibrium_propagation(net, train_x[:8], train_y[:8], beta=0.2, t1=5, t2=3, update="async")
+        opt.zero_grad()
+        step.surrogate.backward()
+        opt.step()
+        losses[pooling] = float(step.loss)
+        net = net.double()
+        bptt = {}
+        for t in (0.0, threshold):
+            net.threshold = t
+            bptt[t] = _gradient(net, bptt_loss(net, x, y, t1=t1, update="async").loss)
+        for t, dither in ((0.0, False), (threshold, False), (threshold, True)):
+            net.threshold = t
+            ep = _gradient(net, equilibrium_propagation(
+                net, x, y, beta=beta, t1=t1, t2=t2, estimator="symmetric", update="async",
+                dither=torch.Generator().manual_seed(0) if dither else None,
+                average_last=max(1, 3 * t2 // 5) if dither else 0).surrogate)
+            for name, g in ep.items():
+                cosines = [float(g @ ref[name] / (g.norm() * ref[name].norm())) for ref in (bptt[t], bptt[0.0])]
+                out[(pooling, t, dither, name)] = (cosines[0], cosines[1])
+    return out, losses
 
 
 def records(path: Path) -> list[dict]:
@@ -117,7 +167,24 @@ def test_alignment_quick(tmp_path):
     rows = records(out)
     cells = {(r["spiking"], r["pooling"]) for r in rows if r["kind"] == "alignment" and r["param"] == "all"}
     assert cells == {(s, p) for s in (False, True) for p in ("avg", "max")}
-    assert all(-1.0 <= r["cosine"] <= 1.0 for r in rows if r["kind"] == "alignment")
+    # every cosine (to spiking and to non-spiking BPTT) against the gradients of the same cells computed here
+    expected, train_loss = alignment_cosines(batch=8, hidden=16, beta=0.05, t1=20, t2=8)
+    aligned = [r for r in rows if r["kind"] == "alignment"]
+    assert len(aligned) == len(expected) == 6 * 9  # 3 cells x 2 poolings, 8 tensors and all parameters each
+    for r in aligned:
+        cos, cos_nonspiking = expected[(r["pooling"], r["threshold"], r["dither"], r["param"])]
+        where = (r["pooling"], r["threshold"], r["dither"], r["param"])
+        assert r["train_loss_last"] == pytest.approx(train_loss[r["pooling"]], rel=1e-6), "the replica trains apart"
+        assert r["cosine"] == pytest.approx(cos, abs=1e-6) and r["cosine_nonspiking"] == pytest.approx(
+            cos_nonspiking, abs=1e-6), where
+    for total in (r for r in aligned if r["param"] == "all"):  # each cell's smallest cosine over its tensors
+        cell = [r for r in aligned if r["param"] != "all" and all(
+            r[k] == total[k] for k in ("pooling", "threshold", "dither", "beta"))]
+        assert total["min_cosine"] == min(r["cosine"] for r in cell)
+        assert total["min_cosine_nonspiking"] == min(r["cosine_nonspiking"] for r in cell)
+    worst = min(r["cosine"] for r in aligned if (r["pooling"], r["threshold"], r["param"] != "all") == ("avg", 0, True))
+    verdict = f"{'PASS' if worst >= 0.99 else 'FAIL'}: non-spiking avg pooling at beta 0.05, min cosine over tensors"
+    assert f"{verdict} {worst:.5f}" in proc.stdout, proc.stdout[-2000:]
     assert {r["layer"] for r in rows if r["kind"] == "activation"} == {"conv1", "conv2"}
 
 
@@ -131,8 +198,16 @@ def test_time_to_accuracy_quick(tmp_path):
     assert set(rows) == {"ours", "ref_at_our_T"}
     for r in rows.values():
         assert r["samples"] > 0 and r["test_samples"] == 200 and r["target_accuracy"] <= 0.5
-        assert 0.0 <= r["last_accuracy_2000"] <= 1.0 and r["reached"] == (r["seconds"] is not None)
+        assert r["reached"] == (r["seconds"] is not None)
         assert r["evaluations"] and r["evaluations"][-1]["accuracy_2000"] == r["last_accuracy_2000"]
+        for point in r["evaluations"]:  # the first 2,000 of 200 test images are the 200: correct / 200 each time
+            correct = round(point["accuracy_2000"] * 200)
+            assert 0 <= correct <= 200 and point["accuracy_2000"] == correct / 200, point
+            assert point["test_accuracy"] in (None, point["accuracy_2000"]), point
+        full = [p["test_accuracy"] for p in r["evaluations"] if p["test_accuracy"] is not None]
+        assert r["test_accuracy"] == (full[-1] if full else None)
+        last = r["evaluations"][-1]["test_accuracy"]  # reached at the last evaluation, if at all
+        assert r["reached"] == (last is not None and last >= r["target_accuracy"])
 
 
 def test_time_to_accuracy_main_part_is_ours_against_the_reference(tmp_path):
@@ -153,15 +228,35 @@ def test_levers_quick(tmp_path):
                          "--val-samples", "100", "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     rows = records(out)
-    assert len(rows) == 7 and all(r["part"] == "epoch" and 0.0 <= r["val_acc"] <= 1.0 for r in rows)
+    assert len(rows) == 7 and all(r["part"] == "epoch" for r in rows)
+    for r in rows:  # an accuracy over the 100 held-out images: correct / 100
+        correct = round(r["val_acc"] * 100)
+        assert 0 <= correct <= 100 and r["val_acc"] == correct / 100, r
     assert sorted(r["curvature_bound"] or 0.0 for r in rows) == [0.0] * 5 + [0.9] * 2
 
     out = tmp_path / "levers_alignment.json"
-    proc = run_benchmark("levers.py", "--quick", *TINY_2C2FC, "--part", "alignment", "--checkpoint",
-                         tiny_checkpoint(tmp_path), "--bptt-t1", "20", "--out", out, cwd=tmp_path)
+    ckpt = tiny_checkpoint(tmp_path)
+    proc = run_benchmark("levers.py", "--quick", *TINY_2C2FC, "--part", "alignment", "--checkpoint", ckpt,
+                         "--bptt-t1", "20", "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     rows = records(out)
-    assert len(rows) == 6 and all(r["part"] == "alignment" and -1.0 <= r["cos_mean"] <= 1.0 for r in rows)
+    assert len(rows) == 6 and all(r["part"] == "alignment" for r in rows)
+    # the cosine recomputed here: EP (beta 0.2, from the feed-forward sweep) against BPTT of the network without
+    # spikes through 20 steps, on the quick run's one batch, FashionMNIST test[0:64]
+    from lightning_ep import bptt_loss, equilibrium_propagation
+    from lightning_ep.data import load_split
+    from lightning_ep.module import EPLightningModule
+
+    net = EPLightningModule.load_from_checkpoint(ckpt, map_location="cpu").net
+    xs, ys = load_split("fashion_mnist", train=False)
+    x, y = xs[:64], ys[:64]
+    net.threshold = 0.0
+    ref = _gradient(net, bptt_loss(net, x, y, 20, start="feedforward").loss)["all"].double()
+    for r in rows:
+        g = _gradient(net, equilibrium_propagation(net, x, y, 0.2, r["t1"], r["t2"], start="feedforward",
+                                                   omega=r["omega"]).surrogate)["all"].double()
+        cos = float(g @ ref / (g.norm() * ref.norm()))
+        assert r["cos_mean"] == pytest.approx(cos, abs=1e-5) and r["cos_per_batch"] == [round(r["cos_mean"], 4)], r
 
 
 @needs_fmnist
@@ -174,9 +269,27 @@ def test_curvature_quick(tmp_path):
     assert proc.returncode == 0, explain(proc)
     rows = records(out)
     assert [r["phase"] for r in rows] == ["trained", "non-spiking"]
-    assert all(r["samples"] == 8 and 0.0 <= r["frac_not_minimum"] <= 1.0 and r["eig_max"] >= r["eig_median"] >= 0
-               and 0.0 <= r["active_fraction"] <= 1.0 for r in rows)
+    assert all(r["samples"] == 8 and r["eig_max"] >= r["eig_median"] >= 0 for r in rows)
     assert rows[0]["t1"] == 3 and rows[1]["t1"] == 10
+    # the figures recomputed here: the free phase of the module's settings (spiking, then without spikes) on
+    # FashionMNIST test[0:8], the eigenvalues of the coupling over its active units (5 rounds, seed 0)
+    from lightning_ep import free_phase
+    from lightning_ep.data import load_split
+    from lightning_ep.module import EPLightningModule
+    from lightning_ep.stability import active_coupling_eigenvalue
+
+    module = EPLightningModule.load_from_checkpoint(ckpt, map_location="cpu")
+    net, phases = module.net, module.phases
+    x = load_split("fashion_mnist", train=False)[0][:8]
+    for r, threshold in zip(rows, (net.threshold, 0.0), strict=True):  # trained: spiking, as the module
+        net.threshold = threshold
+        with torch.no_grad():
+            s = free_phase(net, x, r["t1"], phases.update, "explicit", None, phases.start, phases.omega).state.s
+            eig = active_coupling_eigenvalue(net, s, 5, torch.Generator().manual_seed(0))
+        units = torch.cat([t.flatten() for t in s])
+        assert r["frac_not_minimum"] == pytest.approx(float((eig >= 1).double().mean())), r
+        assert (r["eig_max"], r["eig_median"]) == pytest.approx((float(eig.max()), float(eig.median())), rel=1e-5)
+        assert r["active_fraction"] == pytest.approx(float(((units > 0) & (units < 1)).double().mean())), r
 
 
 @needs_fmnist
@@ -185,12 +298,13 @@ def test_training_record_goes_where_it_is_told(tmp_path):
     its logs stay in the temporary working directory."""
     out = tmp_path / "training.json"
     proc = run_benchmark(
-        "training.py", "fmnist", "--record", out, "--model.channels=[4, 8]", "--model.hidden=[16]", "--model.t1=4",
-        "--model.t2=2", "--data.train_subset=128", "--data.val_size=64", "--trainer.max_steps=2",
-        "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.logger=false",
+        "training.py", "fmnist", "--record", out, "--model.network.channels=[4, 8]", "--model.network.hidden=[16]",
+        "--model.phases.t1=4", "--model.phases.t2=2", "--data.train_subset=128", "--data.val_size=64",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=2", "--trainer.logger=false",
         "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false", "--note", "a test run",
-        "--model.curvature_bound=0.9", "--model.curvature_iters=3", "--model.optimizer=torch.optim.AdamW",
-        "--model.optimizer.weight_decay=0.05", cwd=tmp_path)
+        "--model.curvature.bound=0.9", "--model.curvature.iters=3", "--model.optim.optimizer=adamw",
+        "--model.optim.weight_decay=0.05", cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     (record,) = records(out)
     assert record["dataset"] == "fashion_mnist" and record["global_steps"] == 2 and not record["complete"]
@@ -201,7 +315,11 @@ def test_training_record_goes_where_it_is_told(tmp_path):
     assert (record["optimizer"], record["weight_decay"]) == ("AdamW", 0.05)  # read from the optimizer that trained
     assert record["curve"] and "alignment_cos_all" in record["curve"][-1]
     assert record["activations"] is None  # no ActivationDiagnostics callback in this run
-    assert 0.0 <= record["test_error"] <= 1.0
+    # two test batches (LightningCLI reads --trainer.limit_test_batches=1 as the float 1.0: every batch): an error
+    # over their n images, 1 - correct / n
+    n = 2 * record["batch_size"]
+    correct = round((1.0 - record["test_error"]) * n)
+    assert 0 <= correct <= n and record["test_error"] == pytest.approx(1.0 - correct / n, abs=1e-6)
 
 
 @needs_fmnist
@@ -212,16 +330,28 @@ def test_training_on_the_whole_training_set_records_no_curve(tmp_path):
     out, root = tmp_path / "training.json", tmp_path / "root"
     proc = run_benchmark(
         "training.py", "fmnist", "--config", ROOT / "recipes" / "configs" / "fmnist_paper.yaml", "--record", out,
-        "--model.channels=[4, 8]", "--model.hidden=[16]", "--model.t1=4", "--model.t2=2",
-        "--model.curvature_iters=3", "--data.train_subset=128", "--data.val_size=0", "--trainer.max_epochs=1",
-        "--trainer.limit_test_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        "--model.network.channels=[4, 8]", "--model.network.hidden=[16]", "--model.phases.t1=4",
+        "--model.phases.t2=2", "--model.curvature.iters=3", "--data.train_subset=128", "--data.val_size=0",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_test_batches=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={root}", cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     (record,) = records(out)
     assert (record["train_samples"], record["global_steps"], record["epochs"]) == (128, 2, 1.0)
     assert record["curve"] == []
-    assert list(root.rglob("last.ckpt"))
-    assert 0.0 <= record["test_error"] <= 1.0
+    (last,) = root.rglob("last.ckpt")
+    # the test error recomputed from the weights that were tested (last.ckpt, written at the end of the fit) on the
+    # two test batches (--trainer.limit_test_batches=2; 1 would be read as the float 1.0, all of them)
+    from lightning_ep.data import load_split
+    from lightning_ep.module import EPLightningModule
+
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == record["global_steps"]
+    model = EPLightningModule.load_from_checkpoint(last, map_location="cpu")
+    xs, ys = load_split("fashion_mnist", train=False)
+    x, y = xs[: 2 * record["batch_size"]], ys[: 2 * record["batch_size"]]
+    with torch.no_grad():
+        error = 1.0 - float((model(x).argmax(1) == y).double().mean())
+    assert record["test_error"] == pytest.approx(error, abs=1e-6)
 
 
 def test_training_record_of_a_resumed_run_continues_its_curve_and_clock(tmp_path):
@@ -229,7 +359,8 @@ def test_training_record_of_a_resumed_run_continues_its_curve_and_clock(tmp_path
     of both parts, the checkpoint it resumed from, and the Figure 2/3 statistics of every step (the
     ActivationDiagnostics callback's, measured every step) of both parts."""
     out, root = tmp_path / "training.json", tmp_path / "root"
-    tiny = ["--model.channels=[4, 8]", "--model.hidden=[16]", "--model.t1=4", "--model.t2=2",
+    tiny = ["--model.network.channels=[4, 8]", "--model.network.hidden=[16]", "--model.phases.t1=4",
+            "--model.phases.t2=2",
             "--data.train_subset=128", "--data.val_size=64", "--trainer.limit_val_batches=1",
             "--trainer.limit_test_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
             "--trainer.val_check_interval=1.0", f"--trainer.default_root_dir={root}", "--record", out,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, PatternDataModule
+from conftest import PatternDataModule, settings
 from lightning.pytorch import Trainer, seed_everything
 from test_bptt_truncation import cosine, grads, net_and_batch
 
@@ -50,7 +50,7 @@ def test_averaged_over_the_nudge_the_gradient_is_eps_symmetric_estimate():
 def test_the_graph_goes_through_the_nudged_steps_from_the_free_state():
     """The free phase at ``omega``, without a graph; the nudged steps at ``nudged_omega`` (1), with one."""
     net, x, y = net_and_batch(threshold=0.05)
-    res = nudged_bptt_loss(net, x, y, -0.2, 20, 5, init="feedforward", omega=1.3)
+    res = nudged_bptt_loss(net, x, y, -0.2, 20, 5, start="feedforward", omega=1.3)
     with torch.no_grad():
         drive = input_drive(net, x)
         free = relax(net, drive, start_state(net, drive, "feedforward")[0], 20, omega=1.3)
@@ -60,7 +60,7 @@ def test_the_graph_goes_through_the_nudged_steps_from_the_free_state():
     torch.testing.assert_close(res.logits, net.logits(free.state.s))
     for a, b in zip(grads(res.loss, net), grads(want, net), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    over = nudged_bptt_loss(net, x, y, -0.2, 20, 5, init="feedforward", omega=1.3, nudged_omega=1.3)
+    over = nudged_bptt_loss(net, x, y, -0.2, 20, 5, start="feedforward", omega=1.3, nudged_omega=1.3)
     assert not torch.equal(over.loss, res.loss)
 
 
@@ -98,17 +98,18 @@ def test_a_bad_nudge_raises(nudge):
 def test_the_module_trains_with_nudged_bptt_by_default(tmp_path):
     data = PatternDataModule(held_out=256)
     seed_everything(0)
-    model = EPLightningModule(input_shape=data.input_shape, num_classes=data.num_classes, **{**TINY, "method": "bptt"})
-    assert model.hparams.bptt_objective == "nudged"
+    shapes = {"input_shape": data.input_shape, "num_classes": data.num_classes}
+    model = EPLightningModule(**settings(network=shapes, method="bptt"))
+    assert model.bptt.objective == "nudged"
     state = model.generator.get_state()
     Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, default_root_dir=tmp_path).fit(model, data)
     assert not torch.equal(model.generator.get_state(), state)  # the nudges come from the module's generator
     assert Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(
         model, data, verbose=False)[0]["test/acc"] > 0.9
-    with pytest.raises(ValueError, match="bptt_objective"):
-        EPLightningModule(**{**TINY, "method": "bptt", "bptt_objective": "end"})
-    with pytest.raises(ValueError, match="bptt_truncate"):  # truncation applies to the free loss only
-        EPLightningModule(**{**TINY, "method": "bptt", "bptt_objective": "nudged", "bptt_truncate": 2})
-    truncated = EPLightningModule(**{**TINY, "method": "bptt", "bptt_truncate": 2})
-    assert truncated.hparams.bptt_objective == "free"  # as checkpoints from before the argument ran
+    with pytest.raises(ValueError, match="unknown bptt objective 'end'"):
+        EPLightningModule(**settings(method="bptt", bptt={"objective": "end"}))
+    with pytest.raises(ValueError, match=r"truncate .* needs objective='free'"):  # the free loss only
+        EPLightningModule(**settings(method="bptt", bptt={"objective": "nudged", "truncate": 2}))
+    truncated = EPLightningModule(**settings(method="bptt", bptt={"objective": "free", "truncate": 2}))
+    assert truncated.bptt.truncate == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, PatternDataModule
+from conftest import TINY, PatternDataModule, settings
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_ep import Conv, ConvergentNetwork, Dense, bptt_loss, relax
@@ -45,19 +45,20 @@ def test_truncating_at_t1_is_full_bptt():
 @pytest.mark.parametrize("threshold", [0.0, 0.05])
 def test_the_gradient_goes_through_the_last_k_steps_from_the_state_reached(threshold):
     net, x, y = net_and_batch(threshold)
-    res = bptt_loss(net, x, y, 20, truncate=5, init="feedforward")
+    res = bptt_loss(net, x, y, 20, truncate=5, start="feedforward")
     with torch.no_grad():
         drive = input_drive(net, x)
-        head = relax(net, drive, start_state(net, drive, "feedforward")[0], 15)
+        start, sweep = start_state(net, drive, "feedforward")
+        head = relax(net, drive, start, 15)
     tail = relax(net, input_drive(net, x), head.state.detach(), 5)
     want = net.loss(tail.state.s, y).mean()
     assert torch.equal(res.loss, want) and res.free.steps == 20
     for a, b in zip(grads(res.loss, net), grads(want, net), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    if threshold:  # the spikes of both parts are counted
-        both = [float(a + b) for a, b in zip(head.spikes, tail.spikes, strict=True)]
-        assert [float(s) for s in res.free.spikes] == both
-        assert sum(head.spikes) > 0
+    if threshold:  # the spikes of both parts are counted, and the sweep's, as in every free phase
+        counted = [float(a + b + c) for a, b, c in zip(head.spikes, tail.spikes, sweep, strict=True)]
+        assert [float(s) for s in res.free.spikes] == counted
+        assert sum(head.spikes) > 0 and sum(sweep) > 0
 
 
 def test_at_a_settled_state_a_long_enough_truncation_gives_the_full_gradient():
@@ -81,12 +82,11 @@ def test_bad_truncation_raises(truncate):
 def test_the_module_trains_with_truncated_bptt(tmp_path):
     data = PatternDataModule(held_out=256)
     seed_everything(0)
-    model = EPLightningModule(input_shape=data.input_shape, num_classes=data.num_classes,
-                              **{**TINY, "method": "bptt", "bptt_truncate": 5})
+    shapes = {"input_shape": data.input_shape, "num_classes": data.num_classes}
+    model = EPLightningModule(**settings(network=shapes, method="bptt", bptt={"objective": "free", "truncate": 5}))
     Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, default_root_dir=tmp_path).fit(model, data)
     assert Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(
         model, data, verbose=False)[0]["test/acc"] > 0.8
-    for kwargs in (dict(method="ep", bptt_truncate=5), dict(method="bptt", bptt_truncate=TINY["t1"] + 1)):
-        with pytest.raises(ValueError, match="bptt_truncate"):
-            EPLightningModule(**{**TINY, **kwargs})
+    with pytest.raises(ValueError, match=r"bptt.truncate \(21\) must be <= phases.t1 \(20\)"):
+        EPLightningModule(**settings(method="bptt", bptt={"objective": "free", "truncate": TINY["phases"]["t1"] + 1}))

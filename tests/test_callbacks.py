@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import settings
 from helpers.csv_metrics import read_csv_metrics
 from helpers.wandb_offline import read_records, run_file
 from lightning.pytorch.loggers import CSVLogger
@@ -44,14 +45,16 @@ ALIGNMENT_KEYS = ([f"alignment/cos/{p}" for p in PARAMS] + [f"alignment/norm_rat
                   + ["alignment/cos_mean", "alignment/cos_all", "alignment/norm_ratio_all"])
 MEMORY_KEYS = ["memory/ep_saved_bytes", "memory/bptt_saved_bytes", "memory/ep_over_bptt"]
 # Converged settings (async updates settle exactly on this tiny avg-pool net): EP's gradient is BPTT's.
-ALIGNED = {"beta": 0.005, "t1": 100, "t2": 50}
+ALIGNED_ARGS = {"beta": 0.005, "t1": 100, "t2": 50}  # as equilibrium_propagation's arguments
+ALIGNED = {"ep": {"beta": 0.005}, "phases": {"t1": 100, "t2": 50}}  # as the module's settings
+BASE = {"network": {"input_shape": (1, 12, 12), "num_classes": NUM_CLASSES, "channels": (4, 6), "kernel_size": 3,
+                    "hidden": (16,), "threshold": 0.0},
+        "phases": {"t1": 30, "t2": 15}, "ep": {"beta": 0.05}, "curvature": None, "optim": {"scheduler": "none"}}
 
 
-def make_module(**kwargs) -> EPLightningModule:
+def make_module(**groups) -> EPLightningModule:
     torch.manual_seed(0)
-    hp = {"input_shape": (1, 12, 12), "num_classes": NUM_CLASSES, "channels": (4, 6), "kernel_size": 3,
-          "hidden": (16,), "beta": 0.05, "t1": 30, "t2": 15, "scheduler": "none", **kwargs}
-    return EPLightningModule(**hp)
+    return EPLightningModule(**settings(BASE, **groups))
 
 
 def dataset(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +87,7 @@ def test_cosine_and_norm_ratio():
 
 
 def test_route_statistics_and_moments():
-    module = make_module(pooling="max", threshold=0.05)
+    module = make_module(network={"pooling": "max", "threshold": 0.05})
     x, y = dataset(6)
     res = equilibrium_propagation(module.net, x, y, 0.2, 10, 5)
     stats = route_statistics(module.net, x, res.phases["positive"].state)
@@ -151,12 +154,12 @@ def test_bptt_trained_module_is_refused(callback):
 
 def test_dense_only_network_is_refused_by_activation_diagnostics():
     with pytest.raises(ValueError, match="conv layers, but the network has none"):
-        fit(make_module(channels=()), [ActivationDiagnostics()], logger=False, max_steps=1)
+        fit(make_module(network={"channels": ()}), [ActivationDiagnostics()], logger=False, max_steps=1)
 
 
 def test_memory_monitor_of_a_bptt_trained_module(tmp_path):
     monitor = MemoryMonitor()
-    fit(make_module(method="bptt", t1=10), [monitor], logger=False, max_steps=1, default_root_dir=tmp_path)
+    fit(make_module(method="bptt", phases={"t1": 10}), [monitor], logger=False, max_steps=1, default_root_dir=tmp_path)
     assert set(monitor.last) == {"memory/bptt_saved_bytes"} and monitor.last["memory/bptt_saved_bytes"] > 0
 
 
@@ -174,25 +177,43 @@ def test_csv_logger(tmp_path):
     assert not set(keys) & set(logged[1])
     for step in (0, 2):
         m = logged[step]
-        assert all(-1.0 <= m[f"alignment/cos/{p}"] <= 1.0 and m[f"alignment/norm_ratio/{p}"] > 0 for p in PARAMS)
         assert all(m[k] >= 0 for k in ACTIVATION_KEYS if k.endswith("_std"))
         assert m["memory/bptt_saved_bytes"] > 5 * m["memory/ep_saved_bytes"] > 0
         assert m["memory/ep_over_bptt"] == pytest.approx(m["memory/ep_saved_bytes"] / m["memory/bptt_saved_bytes"])
     x, y = (t[:BATCH].clone() for t in dataset())  # a batch of its own storage, like the DataLoader's
     assert logged[0]["activations/conv1/x_forward_mean"] == pytest.approx(float(x.mean()), rel=1e-5)
     # the monitored window holds the EP forward exactly (not the callbacks' BPTT), and the BPTT count is BPTT's
-    hp = module.hparams
+    phases = module.phases
     with count_saved_bytes() as ep_saved:
-        equilibrium_propagation(module.net, x, y, hp.beta, hp.t1, hp.t2)
+        equilibrium_propagation(module.net, x, y, module.ep.beta, phases.t1, phases.t2)
     assert logged[2]["memory/ep_saved_bytes"] == ep_saved.bytes
-    assert logged[2]["memory/bptt_saved_bytes"] == bptt_memory(module.net, x, y, hp.t1, "async")[0]
+    assert logged[2]["memory/bptt_saved_bytes"] == bptt_memory(module.net, x, y, phases.t1, "async")[0]
     plots = Path(logger.log_dir) / "plots"
     assert {p.name for p in plots.iterdir()} == {"alignment_plot.png", "alignment_table.csv",
                                                  "activations_plot.png", "memory_plot.png"}
     with (plots / "alignment_table.csv").open() as f:
         table = list(csv.DictReader(f))
     assert [r["parameter"] for r in table] == PARAMS and {r["step"] for r in table} == {"2"}
-    assert float(table[0]["cosine"]) == pytest.approx(logged[2][f"alignment/cos/{PARAMS[0]}"])
+    # step 0 (the initial weights, the first batch): each logged cosine and ratio from the two gradients here
+    fresh = make_module()
+    params = list(fresh.net.parameters())
+    ep = torch.autograd.grad(fresh.run_ep(x, y).surrogate, params)
+    bptt = bptt_gradients(fresh.net, x, y, params, phases.t1, phases.update, phases.start, phases.omega)
+    for p, a, b in zip(PARAMS, ep, bptt, strict=True):
+        a, b = a.double().flatten(), b.double().flatten()
+        assert logged[0][f"alignment/cos/{p}"] == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-6), p
+        assert logged[0][f"alignment/norm_ratio/{p}"] == pytest.approx(float(a.norm() / b.norm()), rel=1e-5), p
+    # step 2: the per-tensor figures against the table's gradient norms, and the summaries recomputed from them
+    cos, ep_norm, bptt_norm = (torch.tensor([float(r[c]) for r in table], dtype=torch.float64)
+                               for c in ("cosine", "ep_norm", "bptt_norm"))
+    for r in table:
+        assert float(r["cosine"]) == pytest.approx(logged[2][f"alignment/cos/{r['parameter']}"])
+        assert float(r["norm_ratio"]) == pytest.approx(logged[2][f"alignment/norm_ratio/{r['parameter']}"])
+        assert float(r["norm_ratio"]) == pytest.approx(float(r["ep_norm"]) / float(r["bptt_norm"]))
+    dot = float((cos * ep_norm * bptt_norm).sum())  # <g_EP, g_BPTT> over all parameters, tensor by tensor
+    assert logged[2]["alignment/cos_all"] == pytest.approx(dot / float(ep_norm.norm() * bptt_norm.norm()), abs=1e-6)
+    assert logged[2]["alignment/norm_ratio_all"] == pytest.approx(float(ep_norm.norm() / bptt_norm.norm()))
+    assert logged[2]["alignment/cos_mean"] == pytest.approx(float(cos.mean()))
     assert callbacks[0].steps == [0, 2] and len(callbacks[0].history[PARAMS[0]]) == 2
 
 
@@ -362,10 +383,10 @@ def test_alignment_cosine_ddp(tmp_path):
     module = make_module(**ALIGNED).double()
     x = x.double()
     params = list(module.net.parameters())
-    ep = torch.autograd.grad(equilibrium_propagation(module.net, x, y, **ALIGNED).surrogate, params)
+    ep = torch.autograd.grad(equilibrium_propagation(module.net, x, y, **ALIGNED_ARGS).surrogate, params)
     flat = [torch.cat([g.flatten() for g in gs]) for gs in (
-        ep, bptt_gradients(module.net, x, y, params, ALIGNED["t1"], "async"),
-        bptt_gradients(module.net, x[:BATCH], y[:BATCH], params, ALIGNED["t1"], "async"))]
+        ep, bptt_gradients(module.net, x, y, params, ALIGNED_ARGS["t1"], "async"),
+        bptt_gradients(module.net, x[:BATCH], y[:BATCH], params, ALIGNED_ARGS["t1"], "async"))]
     cos_global, ratio_global = cosine_and_norm_ratio(flat[0], flat[1])
     cos_local, ratio_local = cosine_and_norm_ratio(flat[0], flat[2])
     assert logged[0]["alignment/cos_all"] == pytest.approx(cos_global, abs=1e-7)
@@ -397,8 +418,8 @@ def test_alignment_on_a_held_out_batch(tmp_path):
     module = make_module(**ALIGNED).double()
     params = list(module.net.parameters())
     hx, hy = vx[:8].double(), vy[:8]
-    ep = torch.autograd.grad(equilibrium_propagation(module.net, hx, hy, **ALIGNED).surrogate, params)
-    bptt = bptt_gradients(module.net, hx, hy, params, ALIGNED["t1"], "async")
+    ep = torch.autograd.grad(equilibrium_propagation(module.net, hx, hy, **ALIGNED_ARGS).surrogate, params)
+    bptt = bptt_gradients(module.net, hx, hy, params, ALIGNED_ARGS["t1"], "async")
     cos, _ = cosine_and_norm_ratio(torch.cat([g.flatten() for g in ep]), torch.cat([g.flatten() for g in bptt]))
     assert alignment.all_cosines[0] == pytest.approx(cos, abs=1e-9)
     assert cos >= 0.99
@@ -410,7 +431,8 @@ def test_alignment_leaves_the_dither_stream_alone(tmp_path):
     x, y = dataset()
     vx, vy = dataset(12)
     alignment = GradientAlignment(every_n_steps=1, plot=False, held_out=8)
-    dithered = {**ALIGNED, "threshold": 0.05, "dither": True, "average_last": 10}
+    dithered = {"phases": ALIGNED["phases"], "network": {"threshold": 0.05},
+                "ep": {**ALIGNED["ep"], "dither": True, "average_last": 10}}
     modules = [make_module(**dithered), make_module(**dithered)]
     for module, callbacks in zip(modules, ([alignment], []), strict=True):
         trainer = pl.Trainer(max_steps=3, logger=False, callbacks=callbacks, enable_progress_bar=False,
@@ -421,7 +443,10 @@ def test_alignment_leaves_the_dither_stream_alone(tmp_path):
     assert alignment.steps == [0, 1, 2]
     for a, b in zip(modules[0].parameters(), modules[1].parameters(), strict=True):
         assert torch.equal(a, b)
-    assert torch.equal(modules[0].dither_generator.get_state(), modules[1].dither_generator.get_state())
+    state = modules[0].dither_generator.get_state()
+    seeded = torch.Generator(modules[0].dither_generator.device).manual_seed(modules[0].seed).get_state()
+    assert not torch.equal(state, seeded), "training drew no dither noise: the stream is still at its seed"
+    assert torch.equal(state, modules[1].dither_generator.get_state())
 
 
 def test_alignment_held_out_needs_enough_validation_data(tmp_path):
@@ -440,18 +465,18 @@ def test_alignment_against_the_network_without_spikes(tmp_path):
     """``bptt_spiking=False``: the BPTT reference is the same network at threshold 0; the module keeps its own."""
     x, y = dataset()
     alignment = GradientAlignment(every_n_steps=5, plot=False, held_out=8, bptt_spiking=False)
-    module = make_module(**ALIGNED, threshold=0.01)
+    module = make_module(**ALIGNED, network={"threshold": 0.01})
     trainer = pl.Trainer(max_steps=1, logger=False, callbacks=[alignment], enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
                          precision="64-true", limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=BATCH), DataLoader(TensorDataset(x, y)))
     assert module.net.threshold == 0.01
-    fresh = make_module(**ALIGNED, threshold=0.01).double()
+    fresh = make_module(**ALIGNED, network={"threshold": 0.01}).double()
     params = list(fresh.net.parameters())
     hx, hy = x[:8].double(), y[:8]
-    ep = torch.autograd.grad(equilibrium_propagation(fresh.net, hx, hy, **ALIGNED).surrogate, params)
+    ep = torch.autograd.grad(equilibrium_propagation(fresh.net, hx, hy, **ALIGNED_ARGS).surrogate, params)
     fresh.net.threshold = 0.0
-    bptt = bptt_gradients(fresh.net, hx, hy, params, ALIGNED["t1"], "async")
+    bptt = bptt_gradients(fresh.net, hx, hy, params, ALIGNED_ARGS["t1"], "async")
     cos, _ = cosine_and_norm_ratio(torch.cat([g.flatten() for g in ep]), torch.cat([g.flatten() for g in bptt]))
     assert alignment.all_cosines[0] == pytest.approx(cos, abs=1e-9)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, PatternDataModule
+from conftest import PatternDataModule, settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -42,7 +42,8 @@ def test_last_checkpoint_is_the_latest_state(config, tmp_path):
     for cb in callbacks:
         cb.dirpath = tmp_path
     data = PatternDataModule(n=64)
-    model = FlatValidation(input_shape=data.input_shape, num_classes=data.num_classes, **{**TINY, "t1": 4, "t2": 2})
+    shapes = {"input_shape": data.input_shape, "num_classes": data.num_classes}
+    model = FlatValidation(**settings(network=shapes, phases={"t1": 4, "t2": 2}))
     trainer = Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=callbacks, default_root_dir=tmp_path)
     trainer.fit(model, data)

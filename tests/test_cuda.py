@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, PatternDataModule, tiny_csnn
+from conftest import PatternDataModule, settings, tiny_csnn
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from lightning_ep import Conv, ConvergentNetwork, Dense, bptt_loss, equilibrium_propagation
@@ -59,14 +59,16 @@ class KeepDitherState(Callback):
 def test_module_trains_on_gpu_with_dither_and_restores_its_stream(tmp_path):
     seed_everything(0)
     dm = PatternDataModule()
-    model = EPLightningModule(input_shape=dm.input_shape, num_classes=dm.num_classes, **TINY, threshold=0.05,
-                              dither=True, average_last=4)
+    model = EPLightningModule(**settings(network={"input_shape": dm.input_shape, "num_classes": dm.num_classes,
+                                                  "threshold": 0.05}, ep={"dither": True, "average_last": 4}))
     last = KeepDitherState()
     trainer = Trainer(accelerator="gpu", devices=1, max_steps=3, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
                       callbacks=[last])
     trainer.fit(model, dm)
     assert last.device == "cuda"
+    seeded = torch.Generator("cuda").manual_seed(model.seed).get_state()
+    assert not torch.equal(last.state, seeded), "training drew no dither noise: the stream is still at its seed"
     # Lightning has moved the module back to the CPU; the checkpoint still holds the CUDA stream where it stopped
     trainer.save_checkpoint(tmp_path / "gpu.ckpt")
     restored = EPLightningModule.load_from_checkpoint(tmp_path / "gpu.ckpt", map_location="cuda")
@@ -74,7 +76,13 @@ def test_module_trains_on_gpu_with_dither_and_restores_its_stream(tmp_path):
     model.cuda()  # and the module itself continues its CUDA stream when it comes back
     assert torch.equal(model.dither_generator.get_state(), last.state)
     metrics = trainer.test(model, dm, verbose=False)[0]
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    model.cuda()  # Lightning has moved it back to the CPU: the same evaluation, on the GPU, batch by batch
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in dm.test_dataloader():
+            correct += int((model(x.cuda()).argmax(1).cpu() == y).sum())
+            total += len(y)
+    assert total == len(dm.eval_data) and metrics["test/acc"] == pytest.approx(correct / total)
 
 
 def test_csnn_cost_on_gpu():

@@ -25,12 +25,13 @@ atexit.register(lambda: print("group up at exit:", torch.distributed.is_initiali
 which, extra = sys.argv[1], sys.argv[2:]
 if which == "ep":
     from lightning_ep import EPLightningModule
-    module = EPLightningModule(input_shape=(1, 8, 8), num_classes=2, channels=[2], kernel_size=3, hidden=[4],
-                               t1=4, t2=2, beta=0.2, scheduler="none")
+    module = EPLightningModule(network={"input_shape": (1, 8, 8), "num_classes": 2, "channels": [2], "kernel_size": 3,
+                                        "hidden": [4]}, phases={"t1": 4, "t2": 2}, curvature=None,
+                               optim={"scheduler": "none"})
 else:
     from lightning_ep.baselines import SnnTorchCSNN
     module = SnnTorchCSNN(input_shape=(1, 8, 8), num_classes=2, channels=[2], kernel_size=3, hidden=[4],
-                          num_steps=3, scheduler="none")
+                          num_steps=3, optim={"scheduler": "none"})
 x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 2, (8,))
 if extra == ["plain"]:  # no module callbacks, so no exit handler: what the group does unaided
     module.configure_callbacks = lambda: []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, PatternDataModule
+from conftest import TINY, PatternDataModule, settings
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_ep import (
@@ -33,6 +33,11 @@ def make_net(threshold: float = 0.05, seed: int = 0, graded: bool = True) -> Con
 def batch(b: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, 1, 10, 10, generator=g, dtype=torch.float64), torch.randint(0, NUM_CLASSES, (b,), generator=g)
+
+
+def fresh_state(seed: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The state of a generator on ``device`` just seeded with ``seed``: where a stream that drew nothing is."""
+    return torch.Generator(device).manual_seed(seed).get_state()
 
 
 def test_dithered_transmission_is_unbiased_and_deterministic_rounding_is_not():
@@ -78,8 +83,9 @@ def test_average_last_is_the_mean_of_the_last_states():
     x, y = batch()
     x_drive = input_drive(net, x)
     start = NetworkState.zeros(net, x.shape[0])
+    stream = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        whole = relax(net, x_drive, start, 12, 0.3, y, dither=torch.Generator().manual_seed(2), average_last=5)
+        whole = relax(net, x_drive, start, 12, 0.3, y, dither=stream, average_last=5)
         g = torch.Generator().manual_seed(2)
         state, seen = start, []
         for _ in range(12):
@@ -90,6 +96,8 @@ def test_average_last_is_the_mean_of_the_last_states():
         torch.testing.assert_close(mean, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(whole.state.s[-1], seen[-1][-1], rtol=0, atol=0)
     assert not torch.equal(whole.mean_s[0], whole.state.s[0]), "dithered states fluctuate: the mean is not the last"
+    assert not torch.equal(stream.get_state(), fresh_state(2)), "the dithered relaxation drew no noise"
+    assert torch.equal(g.get_state(), stream.get_state()), "the replay drew another amount of noise"
 
 
 @pytest.mark.parametrize(("kw", "match"), [({"average_last": 13}, "in \\[0, 12\\]"),
@@ -121,8 +129,9 @@ def test_estimate_uses_the_averaged_states():
     """With ``average_last`` the surrogate is the energy difference at the averaged nudged states."""
     net = make_net()
     x, y = batch()
-    res = equilibrium_propagation(net, x, y, beta=0.2, t1=20, t2=10, dither=torch.Generator().manual_seed(0),
-                                  average_last=4)
+    stream = torch.Generator().manual_seed(0)
+    res = equilibrium_propagation(net, x, y, beta=0.2, t1=20, t2=10, dither=stream, average_last=4)
+    assert not torch.equal(stream.get_state(), fresh_state(0)), "the dithered phases drew no noise"
     pos, neg = res.phases["positive"].mean_s, res.phases["negative"].mean_s
     expected = ((net.total_energy(x, pos, y, 0.2) - net.total_energy(x, neg, y, -0.2)) / 0.4).mean()
     torch.testing.assert_close(res.surrogate, expected)
@@ -132,19 +141,19 @@ def test_estimate_uses_the_averaged_states():
 
 def test_module_rejects_dither_where_it_cannot_apply():
     with pytest.raises(ValueError, match="dither"):
-        EPLightningModule(**TINY, threshold=0.0, dither=True)
+        EPLightningModule(**settings(network={"threshold": 0.0}, ep={"dither": True}))
     with pytest.raises(ValueError, match="dither"):
-        EPLightningModule(**TINY, threshold=0.05, dither=True, method="bptt")
+        EPLightningModule(**settings(network={"threshold": 0.05}, ep={"dither": True}, method="bptt"))
     with pytest.raises(ValueError, match="average_last"):
-        EPLightningModule(**TINY, threshold=0.05, average_last=TINY["t2"] + 1)
+        EPLightningModule(**settings(network={"threshold": 0.05}, ep={"average_last": TINY["phases"]["t2"] + 1}))
 
 
 def test_module_trains_with_dither_and_checkpoints_its_stream(tmp_path):
     """A dithered module fits; its dither generator's state is saved and restored by a checkpoint."""
     seed_everything(0)
     dm = PatternDataModule()
-    model = EPLightningModule(input_shape=dm.input_shape, num_classes=dm.num_classes, **TINY, threshold=0.05,
-                              dither=True, average_last=4)
+    model = EPLightningModule(**settings(network={"input_shape": dm.input_shape, "num_classes": dm.num_classes,
+                                                  "threshold": 0.05}, ep={"dither": True, "average_last": 4}))
     trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
                       default_root_dir=tmp_path)
@@ -152,6 +161,8 @@ def test_module_trains_with_dither_and_checkpoints_its_stream(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     trainer.save_checkpoint(tmp_path / "dither.ckpt")
     saved = model.dither_generator.get_state()
+    fresh = fresh_state(model.seed, model.dither_generator.device)
+    assert not torch.equal(saved, fresh), "training drew no dither noise: the stream is still at its seed"
     model.dither_generator.manual_seed(123)  # moves the stream away from the saved position
     restored = EPLightningModule.load_from_checkpoint(tmp_path / "dither.ckpt")
     assert torch.equal(restored.dither_generator.get_state(), saved)
@@ -208,7 +219,7 @@ def test_dithered_spiking_ep_agrees_with_bptt_at_threshold_0_01():
 def test_dither_state_from_another_device_type_is_reseeded_with_a_warning():
     """A CUDA generator's state cannot drive a CPU generator: a checkpoint saved on a GPU and resumed on the CPU
     reseeds (and says so) instead of failing or silently mixing streams."""
-    model = EPLightningModule(**TINY, threshold=0.05, dither=True, seed=3)
+    model = EPLightningModule(**settings(network={"threshold": 0.05}, ep={"dither": True}, seed=3))
     model.on_load_checkpoint({"dither_generator_state": torch.zeros(16, dtype=torch.uint8),
                               "dither_generator_device": "cuda"})
     with pytest.warns(UserWarning, match="reseeded with seed=3"):

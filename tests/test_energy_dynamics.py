@@ -307,8 +307,8 @@ def test_calling_the_network_gives_the_free_phase_logits(loss):
     assert out.shape == (4, NUM_CLASSES) and not out.requires_grad
     torch.testing.assert_close(out, net.logits(free_phase(net, x, 60).state.s), rtol=0, atol=0)
     assert not torch.equal(out, net.logits(free_phase(net, x, 3).state.s))  # the default runs more than a few steps
-    warm = net(x, t1=5, init="feedforward", omega=1.3)
-    torch.testing.assert_close(warm, net.logits(free_phase(net, x, 5, init="feedforward", omega=1.3).state.s),
+    warm = net(x, t1=5, start="feedforward", omega=1.3)
+    torch.testing.assert_close(warm, net.logits(free_phase(net, x, 5, start="feedforward", omega=1.3).state.s),
                                rtol=0, atol=0)
     early = free_phase(net, x, 60, tol=1e-3)
     assert early.steps < 60

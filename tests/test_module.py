@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, PatternDataModule, needs_fmnist, require_data
+from conftest import PatternDataModule, needs_fmnist, require_data, settings
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ep import DivergenceError
+from lightning_ep.config import NetworkConfig, PhasesConfig
 from lightning_ep.module import EPLightningModule
+from lightning_ep.optimization import OptimConfig
 
 
 def _trainer(tmp_path, **kw) -> Trainer:
@@ -19,8 +21,9 @@ def _trainer(tmp_path, **kw) -> Trainer:
     return Trainer(**{**defaults, **kw})
 
 
-def _module(dm: PatternDataModule, **kw) -> EPLightningModule:
-    return EPLightningModule(input_shape=dm.input_shape, num_classes=dm.num_classes, **{**TINY, **kw})
+def _module(dm: PatternDataModule, network: dict | None = None, **groups) -> EPLightningModule:
+    shapes = {"input_shape": dm.input_shape, "num_classes": dm.num_classes}
+    return EPLightningModule(**settings(network={**shapes, **(network or {})}, **groups))
 
 
 @pytest.mark.parametrize("method", ["ep", "bptt"])
@@ -28,7 +31,7 @@ def test_fit_learns_synthetic_patterns(tmp_path, method):
     """Accuracy on 256 held-out samples (the training patterns under fresh noise, never trained on)."""
     seed_everything(0)
     patterns = PatternDataModule(held_out=256)
-    model = _module(patterns, method=method, threshold=0.0)
+    model = _module(patterns, method=method, network={"threshold": 0.0})
     trainer = _trainer(tmp_path, max_epochs=8, logger=CSVLogger(tmp_path), log_every_n_steps=1)
     trainer.fit(model, patterns)
     acc = trainer.test(model, patterns, verbose=False)[0]["test/acc"]
@@ -43,7 +46,7 @@ def test_fit_learns_synthetic_patterns(tmp_path, method):
 def test_spiking_fit_logs_spike_rates(tmp_path):
     seed_everything(0)
     patterns = PatternDataModule(held_out=256)  # the accuracy below is on samples never trained on
-    model = _module(patterns, threshold=0.02)
+    model = _module(patterns, network={"threshold": 0.02})
     trainer = _trainer(tmp_path, max_epochs=3, logger=CSVLogger(tmp_path), log_every_n_steps=1)
     trainer.fit(model, patterns)
     metrics = trainer.logged_metrics
@@ -54,7 +57,8 @@ def test_spiking_fit_logs_spike_rates(tmp_path):
 
 def test_cross_entropy_and_other_shapes(tmp_path):
     dm = PatternDataModule(shape=(1, 13, 13), num_classes=7, n=64)
-    model = _module(dm, loss="ce", pooling="max", padding=1, channels=[3, 5], hidden=[8, 8], estimator="one_sided")
+    model = _module(dm, network=dict(loss="ce", pooling="max", padding=1, channels=[3, 5], hidden=[8, 8]),
+                    ep={"estimator": "one_sided"})
     trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1)
     trainer.fit(model, dm)
     assert model(dm.data.tensors[0][:5]).shape == (5, 7)
@@ -80,7 +84,8 @@ def test_int32_labels_train_and_validate_like_int64(tmp_path, method, loss):
     runs = {}
     for dtype in (torch.int64, torch.int32):
         seed_everything(0)
-        model = _module(dm, method=method, loss=loss, t1=6, t2=4, scheduler="none")
+        model = _module(dm, method=method, network={"loss": loss}, phases={"t1": 6, "t2": 4},
+                        optim={"scheduler": "none"})
         loader = DataLoader(TensorDataset(x, y.to(dtype)), batch_size=32)
         _trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(model, loader)
         metrics = _trainer(tmp_path).validate(model, loader, verbose=False)[0]
@@ -94,7 +99,10 @@ def test_validation_runs_under_inference_mode(tmp_path, patterns):
     model = _module(patterns)
     trainer = _trainer(tmp_path, inference_mode=True)
     out = trainer.validate(model, patterns, verbose=False)[0]
-    assert 0.0 <= out["val/acc"] <= 1.0 and torch.isfinite(torch.tensor(out["val/loss"]))
+    with torch.no_grad():  # the same accuracy, from the module's own predictions over the same loader
+        hits = [(model(x).argmax(1) == y).sum().item() for x, y in patterns.val_dataloader()]
+    assert out["val/acc"] == pytest.approx(sum(hits) / len(patterns.eval_data))
+    assert torch.isfinite(torch.tensor(out["val/loss"]))
 
 
 def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, patterns):
@@ -108,7 +116,7 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, patterns):
 
     def fit(callbacks: list, ckpt: str | None = None) -> tuple[EPLightningModule, Trainer]:
         seed_everything(0)
-        model = _module(patterns, estimator="random_sign")
+        model = _module(patterns, ep={"estimator": "random_sign"})
         trainer = _trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=callbacks)
         trainer.fit(model, PatternDataModule(), ckpt_path=ckpt)
         return model, trainer
@@ -124,7 +132,7 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, patterns):
 
 
 def test_gradient_clipping_and_sgd(tmp_path, patterns):
-    model = _module(patterns, optimizer="sgd", lr=0.05, gradient_clip_val=1e-3, scheduler="none")
+    model = _module(patterns, optim=dict(optimizer="sgd", lr=0.05, gradient_clip_val=1e-3, scheduler="none"))
     before = [p.detach().clone() for p in model.parameters()]
     _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, patterns)
     step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
@@ -143,13 +151,12 @@ def test_divergence_stops_training(tmp_path, patterns, method):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(beta=0.0), "beta"),
-        (dict(t1=0), "t1"),
+        (dict(ep={"beta": 0.0}), "beta"),
+        (dict(phases={"t1": 0}), "t1"),
         (dict(method="hebb"), "method"),
-        (dict(pooling="maxx"), "pooling"),
-        (dict(layer_lrs=[1e-3]), "layer_lrs"),
-        (dict(optimizer="lbfgs"), "optimizer"),
-        (dict(gradient_clip_val=-1.0), "gradient_clip_val"),
+        (dict(network={"pooling": "maxx"}), "pooling"),
+        (dict(optim={"optimizer": "lbfgsx"}), "optimizer"),
+        (dict(optim={"gradient_clip_val": -1.0}), "gradient_clip_val"),
     ],
 )
 def test_bad_hyperparameters_raise(patterns, kwargs, match):
@@ -186,7 +193,8 @@ def test_short_real_data_run_beats_chance_by_far(tmp_path):
 
     seed_everything(0)
     data = FashionMNISTDataModule(batch_size=32, val_size=1000, train_subset=2048)
-    model = EPLightningModule(channels=[8, 16], hidden=[64], threshold=0.01, t1=15, t2=6, beta=0.3, lr=2e-3)
+    model = EPLightningModule(network=NetworkConfig(channels=(8, 16), hidden=(64,)), phases=PhasesConfig(t1=15, t2=6),
+                              curvature=None, optim=OptimConfig(lr=2e-3))
     trainer = _trainer(tmp_path, max_epochs=1, limit_val_batches=0, limit_test_batches=16)
     trainer.fit(model, data)
     acc = trainer.test(model, data, verbose=False)[0]["test/acc"]

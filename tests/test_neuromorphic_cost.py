@@ -15,8 +15,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import TINY, PatternDataModule, tiny_csnn
+from conftest import PatternDataModule, settings, tiny_csnn
 from helpers.csv_metrics import read_csv_metrics
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_ep import Conv, ConvergentNetwork, Dense, equilibrium_propagation, free_phase
@@ -85,11 +86,11 @@ def test_counts_of_one_conv_one_dense_by_hand():
 def test_feedforward_start_counts_the_sweep():
     net = conv_dense_net()
     x = torch.rand(3, 1, 6, 6)
-    free = free_phase(net, x, 5, init="feedforward")
+    free = free_phase(net, x, 5, start="feedforward")
     cost = phase_cost(net, free, feedforward_start=True)
     assert cost.spikes == [60.0, 9.0]  # the sweep sends everything; the steps send nothing more
     assert cost.dense_macs == [3 * (5 * 8.0 + 8.0), 3 * 5 * 8.0]  # plus the sweep's forward drive of the output
-    _, trace = traced_free_phase(net, x, 5, init="feedforward")
+    _, trace = traced_free_phase(net, x, 5, start="feedforward")
     assert trace.swept and trace.spikes_per_step().sum() == 0
     traced = trace_cost(net, trace)
     assert traced.spikes == cost.spikes and traced.synops == cost.synops and traced.dense_macs == cost.dense_macs
@@ -238,8 +239,8 @@ def test_trace_changes_nothing():
     assert trace.steps == 7 and trace.spikes_per_step().shape == (7, 5, 3)
     torch.testing.assert_close(trace.spikes_per_step().sum((0, 1)), torch.stack(plain.spikes).double())
     assert [r.shape for r in trace.raster_of(1)] == [(7, 3 * 4 * 4), (7, 12), (7, 4)]
-    ff = free_phase(net, x, 4, init="feedforward")
-    traced_ff, trace_ff = traced_free_phase(net, x, 4, init="feedforward", raster_samples=1)
+    ff = free_phase(net, x, 4, start="feedforward")
+    traced_ff, trace_ff = traced_free_phase(net, x, 4, start="feedforward", raster_samples=1)
     assert all(torch.equal(a, b) for a, b in zip(ff.state.s, traced_ff.state.s, strict=True))
     assert [float(s) for s in ff.spikes] == [float(s) for s in traced_ff.spikes]
     assert trace_cost(net, trace_ff).spikes == [float(s) for s in ff.spikes]  # the sweep is the trace's start
@@ -252,9 +253,9 @@ def test_trace_changes_nothing():
 
 def spiking_module(**kwargs) -> EPLightningModule:
     torch.manual_seed(0)
-    hp = {"input_shape": (3, 10, 10), "num_classes": 4, **TINY, "threshold": 0.05, "start": "feedforward",
-          "scheduler": "none", **kwargs}
-    return EPLightningModule(**hp)
+    groups = settings(network={"input_shape": (3, 10, 10), "num_classes": 4, "threshold": 0.05},
+                      phases={"start": "feedforward"}, optim={"scheduler": "none"})
+    return EPLightningModule(**settings(groups, **kwargs))
 
 
 def trainer(tmp_path: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
@@ -288,7 +289,7 @@ def test_callback_logs_the_counts_to_csv(tmp_path):
     assert test["test/cost/spikes"] == pytest.approx(sum(float(s) for s in free.spikes) / 64)
     assert test["test/cost/dense_macs"] == 20 * per_step + 64 * 16 + 16 * 4
     assert test["test/cost/synops_exact"] == pytest.approx(
-        trace_cost(module.net, traced_free_phase(module.net, x[:16], 20, init="feedforward")[1]).total_synops / 16)
+        trace_cost(module.net, traced_free_phase(module.net, x[:16], 20, start="feedforward")[1]).total_synops / 16)
     assert 0 < test["test/cost/event_synops"] <= test["test/cost/synops_exact"]  # an event carries >= 1 spike
     logged = read_csv_metrics(fit.logger.log_dir)
     keys = set().union(*logged.values())
@@ -298,6 +299,21 @@ def test_callback_logs_the_counts_to_csv(tmp_path):
                      f"event_synops{traced}", f"synops_exact{traced}"):
             assert f"{stage}/cost/{name}" in keys
     assert logged[0]["train/cost/dense_macs"] == train["train/cost/dense_macs"]
+
+
+@pytest.mark.parametrize("monitor", ["val/cost/synops", "train/cost/spikes"])
+def test_a_checkpoint_and_early_stopping_can_monitor_a_cost(tmp_path, monitor):
+    """The counts reach ``trainer.callback_metrics``, where ModelCheckpoint and EarlyStopping look for their key."""
+    module, data = spiking_module(), PatternDataModule()
+    cost = NeuromorphicCostMonitor(every_n_steps=1, traced_samples=8)
+    best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor=monitor, mode="min", save_top_k=1)
+    fit = pl.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                     callbacks=[cost, best, EarlyStopping(monitor=monitor, patience=5)], enable_progress_bar=False,
+                     enable_model_summary=False, accelerator="cpu", devices=1)
+    fit.fit(module, data)
+    latest = cost.last[monitor.split("/")[0]][monitor]
+    assert float(fit.callback_metrics[monitor]) == pytest.approx(latest, rel=1e-6) and latest > 0
+    assert Path(best.best_model_path).is_file() and 0 < float(best.best_model_score) <= latest * (1 + 1e-6)
 
 
 def test_callback_checks_its_arguments_and_module(tmp_path):
@@ -363,7 +379,9 @@ def test_benchmark_runs_in_its_smallest_mode(tmp_path):
     assert [r["threshold"] for r in records] == [0.003, 0.01, 0.03, None] and all(r["samples"] == 40 for r in records)
     assert [r["kind"] for r in records] == ["ep"] * 3 + ["snntorch_csnn"]
     for r in records:
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["dense_macs_per_inference"] > 0 and "hardware" in r
+        assert (0 <= round(r["accuracy"] * r["samples"]) <= r["samples"]  # correct / 40, correct a count of images
+                and r["accuracy"] == pytest.approx(round(r["accuracy"] * r["samples"]) / r["samples"], abs=1e-9)
+                and r["dense_macs_per_inference"] > 0 and "hardware" in r), r
         assert r["synops_per_inference"] == pytest.approx(sum(r["synops_per_layer"]))
         assert {f"acc_at_{t}" for t in (5, 10, 20, 30)} <= set(r)
     assert records[0]["spikes_per_inference"] > records[2]["spikes_per_inference"]  # a finer threshold spikes more

@@ -5,22 +5,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from itertools import islice
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import TINY, PatternDataModule, needs_fmnist
+from conftest import PatternDataModule, needs_fmnist, settings
 from helpers.wandb_offline import read_records, run_file
 from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
 
-from lightning_ep.cli import run_recipe
+from lightning_ep import cli as cli_module
+from lightning_ep.cli import fit_and_test, run_recipe
 from lightning_ep.data import FashionMNISTDataModule
 from lightning_ep.module import EPLightningModule
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny network and a short run, so that a recipe finishes in seconds.
-SMALL = ["--model.channels=[4, 8]", "--model.hidden=[16]", "--model.t1=8", "--model.t2=4", "--data.train_subset=256",
+SMALL = ["--model.network.channels=[4, 8]", "--model.network.hidden=[16]", "--model.phases.t1=8",
+         "--model.phases.t2=4", "--data.train_subset=256",
          "--data.val_size=64", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=2",
          "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false"]
 
@@ -37,12 +41,26 @@ def _recipe(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comple
 
 
 def test_print_config_shows_every_group(tmp_path):
-    out = _recipe(["--print_config", "--model.beta=0.25", "--model.t1", "12"], tmp_path, timeout=120)
+    out = _recipe(["--print_config", "--model.ep.beta=0.25", "--model.phases.t1", "12"], tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     config = yaml.safe_load(out.stdout)
-    assert config["model"]["beta"] == 0.25 and config["model"]["t1"] == 12
+    assert config["model"]["ep"]["beta"] == 0.25 and config["model"]["phases"]["t1"] == 12
     assert {"trainer", "model", "data"} <= set(config)
-    assert config["model"]["threshold"] > 0  # the demo config trains the spiking network
+    assert config["model"]["network"]["threshold"] > 0  # the demo config trains the spiking network
+    assert set(config["model"]) == {"network", "phases", "ep", "method", "bptt", "curvature", "optim", "seed"}
+
+
+def test_help_gives_every_model_flag_a_meaning(tmp_path):
+    out = _recipe(["--help"], tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = " ".join(out.stdout.split())
+    for flag, meaning in (("--model.phases.t1", "steps of the free phase in training"),
+                          ("--model.network.graded", "a neuron may send several spikes a step"),
+                          ("--model.phases.update", "descent of the energy"),
+                          ("--model.phases.tol", "stop a phase early"),
+                          ("--model.ep.average_last", "averaged over the last"),
+                          ("--model.curvature.help", "CurvatureConfig")):
+        assert flag in text and meaning in text.rsplit(flag, 1)[1][:400], (flag, meaning)  # past the usage
 
 
 @needs_fmnist
@@ -51,22 +69,34 @@ def test_recipe_logs_to_wandb_offline(tmp_path, monkeypatch):
 
     wandb.teardown()  # start from wandb's defaults, whatever ran before in this process
     monkeypatch.chdir(tmp_path)
+    clis = []  # the recipe's LightningCLI, kept to recompute its test accuracy
+
+    def keep_cli(cli: LightningCLI) -> dict[str, float]:
+        clis.append(cli)
+        return fit_and_test(cli)
+
+    monkeypatch.setattr(cli_module, "fit_and_test", keep_cli)
     metrics = run_recipe(FashionMNISTDataModule, ROOT / "recipes" / "configs" / "fmnist_demo.yaml", "test",
-                         args=[*SMALL, "--trainer.max_steps=4", "--trainer.log_every_n_steps=1", "--model.beta=0.3"])
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+                         args=[*SMALL, "--trainer.max_steps=4", "--trainer.log_every_n_steps=1", "--model.ep.beta=0.3"])
+    (cli,) = clis
+    batches = list(islice(cli.datamodule.test_dataloader(), 2))  # --trainer.limit_test_batches=2
+    with torch.no_grad():
+        correct = sum(int((cli.model(x).argmax(1) == y).sum()) for x, y in batches)
+    assert metrics["test/acc"] == pytest.approx(correct / sum(len(y) for _, y in batches))
     records = read_records(run_file(tmp_path / "runs"))
     logged = {k for row in records["history"] for k in row}
     assert {"train/loss_step", "train/acc_step", "train/change_free_step", "train/spike_rate_layer1_step"} <= logged
     steps = [row["train/loss_step"] for row in records["history"] if "train/loss_step" in row]
     assert len(steps) == 4 and all(0 < v < 1 for v in steps)
-    assert records["config"]["beta"] == 0.3 and records["config"]["t1"] == 8
-    assert "test/acc" in records["summary"]
+    assert records["config"]["ep"]["beta"] == 0.3 and records["config"]["phases"]["t1"] == 8
+    assert records["summary"]["test/acc"] == pytest.approx(metrics["test/acc"])
 
 
 def test_ddp_spawn_keeps_ranks_identical(tmp_path, patterns):
     from helpers.sync_check import AssertParametersEqual
 
-    model = EPLightningModule(input_shape=patterns.input_shape, num_classes=patterns.num_classes, **TINY)
+    shapes = {"input_shape": patterns.input_shape, "num_classes": patterns.num_classes}
+    model = EPLightningModule(**settings(network=shapes))
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=3, limit_val_batches=0,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -185,6 +215,14 @@ def test_recipe_with_neuromorphic_callbacks_logs_counts_and_raster(tmp_path, mon
     assert rasters, "no raster image was written by the W&B run"
 
 
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested groups as dotted keys (a group set to null counts as one setting)."""
+    flat = {}
+    for key, value in settings.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
+
+
 RESULT_CONFIGS = ("_paper.yaml", "_feedforward.yaml", "_hidden512.yaml")  # the configs that reproduce recorded runs
 
 
@@ -195,6 +233,7 @@ def test_result_configs_state_every_setting_of_the_demo_config(config):
     of the recipe's default). Every model setting the demo config makes must be stated in them, or a later change of
     the demo (as its move to the feed-forward start and omega 1.3 did) silently changes the runs they reproduce."""
     dataset = config.split("_")[0]
-    demo = yaml.safe_load((ROOT / "recipes" / "configs" / f"{dataset}_demo.yaml").read_text())["model"]
-    full = yaml.safe_load((ROOT / "recipes" / "configs" / config).read_text())["model"]
-    assert not set(demo) - set(full), f"{config} inherits {sorted(set(demo) - set(full))} from {dataset}_demo.yaml"
+    demo = _flat(yaml.safe_load((ROOT / "recipes" / "configs" / f"{dataset}_demo.yaml").read_text())["model"])
+    full = _flat(yaml.safe_load((ROOT / "recipes" / "configs" / config).read_text())["model"])
+    inherited = sorted(k for k in demo if k not in full and not any(f.startswith(k + ".") for f in full))
+    assert not inherited, f"{config} inherits {inherited} from {dataset}_demo.yaml"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, PatternDataModule
+from conftest import PatternDataModule, settings
 from lightning.fabric.utilities.data import _replace_dunder_methods
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
@@ -65,8 +65,9 @@ def _fit(root: Path, datamodule: LightningDataModule, callbacks: list[Callback],
          model_kw: dict[str, Any] | None = None, **trainer_kw: Any) -> tuple[EPLightningModule, Trainer, Record]:
     """One fit of the tiny random-sign EP module (cosine LR schedule, its own generator) from seed 0."""
     seed_everything(0)
-    model = EPLightningModule(input_shape=datamodule.input_shape, num_classes=datamodule.num_classes,
-                              **{**TINY, "estimator": "random_sign", **(model_kw or {})})
+    shapes = {"input_shape": datamodule.input_shape, "num_classes": datamodule.num_classes}
+    groups = settings(network=shapes, ep={"estimator": "random_sign"})
+    model = EPLightningModule(**settings(groups, **(model_kw or {})))
     record = Record()
     kw = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
               default_root_dir=root, max_epochs=EPOCHS, limit_val_batches=0, enable_checkpointing=False)
@@ -135,7 +136,7 @@ def test_should_stop_then_resume_matches_uninterrupted_run(tmp_path, stop_step, 
 def test_max_steps_cut_mid_epoch_then_resume(tmp_path, resume_kw):
     """``max_steps`` stops in the middle of epoch 0; the resumed run (by epochs or by steps) continues it. Without an
     LR schedule: a run cut by max_steps plans its cosine schedule over those steps only."""
-    constant = {"scheduler": "none"}
+    constant = {"optim": {"scheduler": "none"}}
     straight = _fit(tmp_path / "a", PatternDataModule(), [], model_kw=constant)
     cut = _fit(tmp_path / "b", PatternDataModule(), [], model_kw=constant, max_steps=3)
     cut[1].save_checkpoint(tmp_path / "cut.ckpt")
@@ -158,14 +159,19 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path):
 
 def test_dithered_run_resumes_exactly(tmp_path):
     """Dithered Sigma-Delta draws from the module's own generator every step: a run cut by max_steps and resumed
-    from its checkpoint continues that stream and ends with the uninterrupted run's parameters."""
-    kw = {"scheduler": "none", "threshold": 0.05, "dither": True, "average_last": 4}
+    from its checkpoint continues that stream (which both parts advance) and ends with the uninterrupted run's
+    parameters."""
+    kw = {"optim": {"scheduler": "none"}, "network": {"threshold": 0.05}, "ep": {"dither": True, "average_last": 4}}
     straight = _fit(tmp_path / "a", PatternDataModule(), [], model_kw=kw)
     cut = _fit(tmp_path / "b", PatternDataModule(), [], model_kw=kw, max_steps=3)
     cut[1].save_checkpoint(tmp_path / "cut.ckpt")
     resumed = _fit(tmp_path / "c", PatternDataModule(), [], tmp_path / "cut.ckpt", model_kw=kw)
     _assert_same(straight, cut, resumed)
-    assert torch.equal(straight[0].dither_generator.get_state(), resumed[0].dither_generator.get_state())
+    seeded = torch.Generator(cut[0].dither_generator.device).manual_seed(cut[0].seed).get_state()
+    at_cut, at_end = cut[0].dither_generator.get_state(), resumed[0].dither_generator.get_state()
+    assert not torch.equal(at_cut, seeded), "the cut run drew no dither noise: its stream is still at its seed"
+    assert not torch.equal(at_end, at_cut), "the resumed run drew no dither noise after the cut"
+    assert torch.equal(straight[0].dither_generator.get_state(), at_end)
 
 
 def _tiny_mnist(directory: Path) -> None:

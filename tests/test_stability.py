@@ -62,7 +62,7 @@ def test_largest_active_eigenvalue_matches_the_energy_hessian():
 
 def test_few_power_iterations_estimate_the_eigenvalue_from_below():
     """Cut short, the estimate is a Rayleigh quotient: never above the exact eigenvalue (what lets
-    ``EPLightningModule(curvature_iters=...)`` trade rounds for samples missed, never for false alarms)."""
+    ``CurvatureConfig(iters=...)`` trade rounds for samples missed, never for false alarms)."""
     net = _net()
     x, states = _inputs_and_spread_states(net, seed=2, widest=4.0)
     exact = _oracle(net, x, states).clamp_min(0)
@@ -142,9 +142,11 @@ def _train(curvature_bound: float | None, steps: int, weight: float = 1.0) -> tu
     from lightning_ep.module import EPLightningModule
 
     torch.manual_seed(0)
-    module = EPLightningModule(input_shape=(1, 12, 12), channels=[4], kernel_size=3, hidden=[24], t1=15, t2=5,
-                               optimizer="sgd", lr=0.5, momentum=0.0, scheduler="none",
-                               curvature_bound=curvature_bound, curvature_weight=weight)
+    curvature = None if curvature_bound is None else {"bound": curvature_bound, "weight": weight}
+    module = EPLightningModule(network={"input_shape": (1, 12, 12), "channels": [4], "kernel_size": 3,
+                                        "hidden": [24], "threshold": 0.0},
+                               phases={"t1": 15, "t2": 5}, ep={"beta": 0.2}, curvature=curvature,
+                               optim={"optimizer": "sgd", "lr": 0.5, "momentum": 0.0, "scheduler": "none"})
     g = torch.Generator().manual_seed(0)
     data = DataLoader(TensorDataset(torch.rand(64, 1, 12, 12, generator=g), torch.randint(0, 10, (64,), generator=g)),
                       batch_size=16)
@@ -173,11 +175,12 @@ def test_curvature_bound_in_training_lowers_the_curvature():
 def test_curvature_bound_arguments_are_checked():
     from lightning_ep.module import EPLightningModule
 
-    with pytest.raises(ValueError, match="average pooling or none"):
-        EPLightningModule(pooling="max", curvature_bound=0.9)
+    with pytest.raises(ValueError, match=r"average pooling or none.*curvature=None"):
+        EPLightningModule(network={"pooling": "max"})
     with pytest.raises(ValueError, match="must be > 0"):
-        EPLightningModule(curvature_bound=0.0)
+        EPLightningModule(curvature={"bound": 0.0})
     with pytest.raises(ValueError, match="must be > 0"):
-        EPLightningModule(curvature_bound=0.9, curvature_weight=-1.0)
-    with pytest.raises(ValueError, match="curvature_iters"):
-        EPLightningModule(curvature_bound=0.9, curvature_iters=0)
+        EPLightningModule(curvature={"bound": 0.9, "weight": -1.0})
+    with pytest.raises(ValueError, match="curvature iters"):
+        EPLightningModule(curvature={"iters": 0})
+    EPLightningModule(network={"pooling": "max"}, curvature=None)  # max pooling without the penalty

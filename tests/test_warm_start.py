@@ -4,14 +4,18 @@ benchmarks/), its spikes are counted, and EP from it still matches BPTT through 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from conftest import TINY, PatternDataModule
+from conftest import PatternDataModule, settings
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_ep import Conv, ConvergentNetwork, Dense, NetworkState, bptt_loss, equilibrium_propagation, free_phase
+from lightning_ep.bptt import nudged_bptt_loss
 from lightning_ep.dynamics import feedforward_state, input_drive, start_state
 from lightning_ep.module import EPLightningModule
+from lightning_ep.neuromorphic import trace_cost, traced_free_phase
 
 NUM_CLASSES = 5
 
@@ -52,7 +56,7 @@ def test_feedforward_start_reaches_the_same_fixed_point():
     net = make_net("avg", scale=1.5)
     x, _ = batch()
     cold = free_phase(net, x, 400, tol=1e-9)
-    warm = free_phase(net, x, 400, tol=1e-9, init="feedforward")
+    warm = free_phase(net, x, 400, tol=1e-9, start="feedforward")
     assert cold.last_change <= 1e-9 and warm.last_change <= 1e-9
     for a, b in zip(cold.state.s, warm.state.s, strict=True):
         assert (a - b).abs().max().item() < 1e-7
@@ -69,20 +73,45 @@ def test_feedforward_sweep_spikes_count_in_the_free_phase():
         spikes = r / 0.01
         assert (spikes - spikes.round()).abs().max().item() < 1e-9
     assert sum(float(c) for c in sent) > 0
-    one = free_phase(net, x, 1, init="feedforward")
-    step_only = free_phase(net, x, 1, init=state)
+    one = free_phase(net, x, 1, start="feedforward")
+    step_only = free_phase(net, x, 1, start=state)
     for total, sweep, step in zip(one.spikes, sent, step_only.spikes, strict=True):
         assert float(total) == pytest.approx(float(sweep) + float(step))
+
+
+@pytest.mark.parametrize("truncate", [None, 3])
+def test_every_free_phase_is_the_same_one(truncate):
+    """EP, both BPTT losses, the traced runner and ``net(x)`` run the one free phase: the same states, and the
+    sweep's spikes counted as the phase's in all of them."""
+    net = make_net("max", threshold=0.01)
+    x, y = batch()
+    want = free_phase(net, x, 6, start="feedforward")
+    assert float(want.spikes[0]) > float(free_phase(net, x, 6, start=feedforward_state(net, input_drive(net, x))[0])
+                                         .spikes[0])  # the sweep's spikes are in
+    phases = {
+        "ep": equilibrium_propagation(net, x, y, 0.1, 6, 2, start="feedforward").phases["free"],
+        "bptt": bptt_loss(net, x, y, 6, start="feedforward", truncate=truncate).free,
+        "nudged_bptt": nudged_bptt_loss(net, x, y, 0.1, 6, 2, start="feedforward").free,
+        "traced": traced_free_phase(net, x, 6, start="feedforward")[0],
+    }
+    for name, got in phases.items():
+        assert got.steps == want.steps, name
+        assert [float(c) for c in got.spikes] == [float(c) for c in want.spikes], name
+        for a, b in zip(got.state.s, want.state.s, strict=True):
+            torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-12, msg=name)
+    assert trace_cost(net, traced_free_phase(net, x, 6, start="feedforward")[1]).spikes == [float(c) for c in
+                                                                                            want.spikes]
+    assert torch.equal(net(x, 6, "feedforward"), net.logits(want.state.s))
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 def test_ep_from_feedforward_start_matches_bptt(loss):
     net = make_net("avg", loss)
     x, y = batch()
-    res = bptt_loss(net, x, y, 300, init="feedforward")
+    res = bptt_loss(net, x, y, 300, start="feedforward")
     g_bptt = torch.autograd.grad(res.loss, list(net.parameters()))
     assert res.free.last_change < 1e-8
-    ep = equilibrium_propagation(net, x, y, 0.001, 300, 100, init="feedforward")
+    ep = equilibrium_propagation(net, x, y, 0.001, 300, 100, start="feedforward")
     g_ep = torch.autograd.grad(ep.surrogate, list(net.parameters()))
     for a, b in zip(g_ep, g_bptt, strict=True):
         cos = float(a.flatten() @ b.flatten() / (a.norm() * b.norm()))
@@ -93,24 +122,24 @@ def test_unknown_start_is_refused():
     net = make_net()
     x, _ = batch()
     with pytest.raises(ValueError, match="feedforward"):
-        free_phase(net, x, 5, init="warm")
+        free_phase(net, x, 5, start="warm")
     with pytest.raises(ValueError, match="unknown start"):
-        EPLightningModule(start="warm")
+        EPLightningModule(phases={"start": "warm"})
     assert isinstance(start_state(net, input_drive(net, x), None)[0], NetworkState)
 
 
 def test_module_starts_every_free_phase_from_the_sweep(tmp_path):
     patterns = PatternDataModule(held_out=256)  # tested on samples it was not trained on
     seed_everything(0)
-    model = EPLightningModule(input_shape=patterns.input_shape, num_classes=patterns.num_classes,
-                              **{**TINY, "t1": 6, "t2": 4, "threshold": 0.02, "start": "feedforward"})
+    network = {"input_shape": patterns.input_shape, "num_classes": patterns.num_classes, "threshold": 0.02}
+    model = EPLightningModule(**settings(network=network, phases={"t1": 6, "t2": 4, "start": "feedforward"}))
     trainer = Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, patterns)
     assert trainer.test(model, patterns, verbose=False)[0]["test/acc"] > 0.8
     x = patterns.data.tensors[0][:16]
-    model.hparams.eval_t1 = 1
-    want = model.net.logits(free_phase(model.net, x, 1, init="feedforward").state.s)
+    model.phases = dataclasses.replace(model.phases, eval_t1=1)
+    want = model.net.logits(free_phase(model.net, x, 1, start="feedforward").state.s)
     assert torch.equal(model(x), want)  # inference: one step from the sweep
     assert not torch.equal(want, model.net.logits(free_phase(model.net, x, 1).state.s))
 
@@ -118,14 +147,14 @@ def test_module_starts_every_free_phase_from_the_sweep(tmp_path):
 def test_over_relaxed_ep_matches_bptt_through_the_same_dynamics():
     net = make_net("avg", "mse")
     x, y = batch()
-    res = bptt_loss(net, x, y, 300, init="feedforward", omega=1.3)
+    res = bptt_loss(net, x, y, 300, start="feedforward", omega=1.3)
     assert res.free.last_change < 1e-8
     g_bptt = torch.autograd.grad(res.loss, list(net.parameters()))
-    ep = equilibrium_propagation(net, x, y, 0.001, 300, 100, init="feedforward", omega=1.3)
+    ep = equilibrium_propagation(net, x, y, 0.001, 300, 100, start="feedforward", omega=1.3)
     g_ep = torch.autograd.grad(ep.surrogate, list(net.parameters()))
     for a, b in zip(g_ep, g_bptt, strict=True):
         assert float(a.flatten() @ b.flatten() / (a.norm() * b.norm())) >= 0.99
     with pytest.raises(ValueError, match="omega"):
         equilibrium_propagation(net, x, y, 0.1, 5, 5, update="sync", dynamics="autograd", omega=1.3)
     with pytest.raises(ValueError, match="omega"):
-        EPLightningModule(omega=2.5)
+        EPLightningModule(phases={"omega": 2.5})

@@ -1,5 +1,5 @@
 """``SnnTorchCSNN``: snnTorch's standard convolutional SNN (tutorial 7) trained by BPTT through time, as a
-LightningModule with the same network arguments, metrics and optimisation arguments as ``EPLightningModule``.
+LightningModule with ``EPLightningModule``'s metrics, evaluation steps and optimisation settings (an ``OptimConfig``).
 
 Network: ``conv -> pooling -> snn.Leaky`` for each of ``channels``, then ``dense -> snn.Leaky`` for each of
 ``hidden`` and for the ``num_classes`` outputs. The static image is presented at every one of ``num_steps`` time
@@ -22,17 +22,14 @@ from typing import Any, Literal
 import snntorch as snn
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from snntorch import functional as SF
 from snntorch import surrogate as snn_surrogate
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_ep.data.sampler import MidEpochResume
-from lightning_ep.distributed import DestroyProcessGroupAtExit
-from lightning_ep.module import EPLightningModule
+from lightning_ep.classifier import ImageClassifier
+from lightning_ep.config import as_plain, coerce
 from lightning_ep.network import check_batch
+from lightning_ep.optimization import OptimConfig
 from lightning_ep.pooling import check_pooling, pooled_hw
 
 SurrogateName = Literal["fast_sigmoid", "sigmoid", "atan", "straight_through"]
@@ -125,21 +122,30 @@ def conv_output_shapes(
     return shapes
 
 
-class SnnTorchCSNN(LightningModule):
+class SnnTorchCSNN(ImageClassifier):
     """snnTorch's convolutional SNN (``snn.Leaky`` neurons) trained by BPTT through ``num_steps`` time steps.
 
-    Network (``EPLightningModule``'s 2C2FC shortcut arguments): ``channels`` conv layers of ``kernel_size`` and
-    ``padding``, each followed by 2x2 ``pooling`` ('avg', 'max' or 'none') and a ``snn.Leaky`` layer; ``hidden``
-    dense ``snn.Leaky`` layers; ``num_classes`` output ``snn.Leaky`` neurons. Neurons: membrane decay ``beta``,
-    ``threshold``, reset by subtraction, snnTorch's ``surrogate`` spike gradient (``surrogate_slope``: its slope,
-    alpha for 'atan'; None: snnTorch's default). ``loss``: 'ce_rate' (snnTorch tutorial 7's ``ce_rate_loss``) or
-    'mse_count' (``mse_count_loss``: 80 % / 20 % of the steps for the correct / other classes).
-    Optimisation as ``EPLightningModule``: ``optimizer`` 'adam' / 'sgd' (``lr``, ``weight_decay``, ``momentum``)
-    or a factory that takes the parameters (``OptimizerCallable``); ``scheduler`` 'cosine' (to 0 over the run),
-    'none' or a factory (``LRSchedulerCallable``), stepped every ``scheduler_interval``. Automatic optimization:
-    ``Trainer(gradient_clip_val=..., accumulate_grad_batches=...)`` apply as usual.
-    Logged: ``train|val|test/loss``, ``…/acc`` (the class with the most output spikes) and
-    ``…/spike_rate_layer<i>`` (spikes per neuron per time step, input side first, the output layer last).
+    Automatic optimization: ``Trainer(gradient_clip_val=..., accumulate_grad_batches=...)`` apply as usual. Logged:
+    ``train|val|test/loss``, ``…/acc`` (the class with the most output spikes) and ``…/spike_rate_layer<i>`` (spikes
+    per neuron per time step, input side first, the output layer last).
+
+    Args:
+        input_shape: (channels, height, width) of one image; the recipes take it from the data module.
+        num_classes: number of classes (output neurons).
+        channels: output channels of each conv layer (each followed by pooling and a ``snn.Leaky`` layer).
+        kernel_size: square kernel size of every conv layer.
+        padding: zero padding of every conv layer.
+        pooling: 2x2 pooling after every conv layer: 'avg', 'max' or 'none'.
+        hidden: widths of the hidden dense ``snn.Leaky`` layers.
+        num_steps: time steps the (static) image is presented for.
+        beta: membrane decay per step, in [0, 1].
+        threshold: firing threshold of every neuron, > 0 (reset by subtraction).
+        surrogate: snnTorch's surrogate spike gradient: 'fast_sigmoid', 'sigmoid', 'atan' or 'straight_through'.
+        surrogate_slope: the surrogate's slope (alpha for 'atan'; None: snnTorch's default).
+        loss: 'ce_rate' (snnTorch tutorial 7's cross-entropy of the output spikes at every step) or 'mse_count'
+            (80 % / 20 % of the steps for the correct / other classes).
+        optim: optimizer, learning rate and schedule (an OptimConfig, as ``EPLightningModule``'s; gradient
+            clipping and accumulation go to the Trainer instead).
     """
 
     def __init__(
@@ -157,22 +163,18 @@ class SnnTorchCSNN(LightningModule):
         surrogate: SurrogateName = "fast_sigmoid",
         surrogate_slope: float | None = None,
         loss: CSNNLoss = "ce_rate",
-        optimizer: Literal["adam", "sgd"] | OptimizerCallable = "adam",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        scheduler: Literal["cosine", "none"] | LRSchedulerCallable = "cosine",
-        scheduler_interval: Literal["step", "epoch"] = "step",
+        optim: OptimConfig = OptimConfig(),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.optim = coerce(OptimConfig, optim, "optim")
+        if self.optim.gradient_clip_val is not None or self.optim.accumulate_grad_batches != 1:
+            raise ValueError("SnnTorchCSNN trains under automatic optimization: pass gradient_clip_val and "
+                             "accumulate_grad_batches to the Trainer, not to its OptimConfig")
+        self.save_hyperparameters(ignore=["optim"])  # then with optim as plain values (weights-only checkpoints)
+        self.save_hyperparameters({**self.hparams, "optim": as_plain(self.optim)})
         self.input_shape = tuple(int(v) for v in input_shape)
-        self._check_arguments(num_classes, channels, kernel_size, padding, hidden, num_steps, beta, threshold, loss,
-                              lr)
+        self._check_arguments(num_classes, channels, kernel_size, padding, hidden, num_steps, beta, threshold, loss)
         check_pooling(pooling)
-        EPLightningModule._check_optimisation(optimizer, scheduler, scheduler_interval, weight_decay, momentum)
-        self._optimizer = optimizer  # the objects (under LightningCLI, hparams hold their class_path/init_args)
-        self._scheduler = scheduler
         spike = SnnTorchSurrogate(surrogate, surrogate_slope)
         conv_shapes = conv_output_shapes(self.input_shape, channels, kernel_size, padding, pooling)
         in_channels = [self.input_shape[0], *channels][: len(channels)]
@@ -189,13 +191,11 @@ class SnnTorchCSNN(LightningModule):
             self.loss_fn: Callable[[Tensor, Tensor], Tensor] = SF.ce_rate_loss()
         else:
             self.loss_fn = SF.mse_count_loss(correct_rate=MSE_COUNT_RATES[0], incorrect_rate=MSE_COUNT_RATES[1])
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._init_metrics(num_classes)
 
     def _check_arguments(
         self, num_classes: int, channels: Sequence[int], kernel_size: int, padding: int, hidden: Sequence[int],
-        num_steps: int, beta: float, threshold: float, loss: str, lr: float,
+        num_steps: int, beta: float, threshold: float, loss: str,
     ) -> None:
         """Raise a ValueError naming the first bad network or training argument."""
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
@@ -215,8 +215,6 @@ class SnnTorchCSNN(LightningModule):
             raise ValueError(f"threshold must be > 0, got {threshold}")
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
 
     # -- the network ----------------------------------------------------------------------------------------
     def _current(self, layer: int, inputs: Tensor) -> Tensor:
@@ -257,16 +255,17 @@ class SnnTorchCSNN(LightningModule):
                        neuron_spikes)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Output spike counts per class (B, C) over the ``num_steps`` steps: ``argmax(1)`` predicts."""
-        return self.simulate(x).spike_counts
+        """Output spike counts per class (B, C) over the ``num_steps`` steps: ``argmax(1)`` predicts; uint8 or
+        [0, 1] images."""
+        return self.simulate(self.images(x)).spike_counts
 
     def loss(self, run: CSNNRun, y: Tensor) -> Tensor:
         """The batch's mean loss (``ce_rate`` / ``mse_count``) on the output spikes."""
         return self.loss_fn(run.output_spikes, y.long()).reshape(())
 
     # -- training and evaluation ----------------------------------------------------------------------------
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = self.unpack(batch)
         check_batch(x, y, self.input_shape, self.hparams.num_classes)
         run = self.simulate(x)
         loss = self.loss(run, y)
@@ -277,58 +276,14 @@ class SnnTorchCSNN(LightningModule):
         self._log_spike_rates("train", run, len(y))
         return loss
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> Tensor:
-        x, y = batch
+    def evaluate(self, x: Tensor, y: Tensor, stage: str) -> tuple[Tensor, Tensor]:
         check_batch(x, y, self.input_shape, self.hparams.num_classes)
-        with torch.no_grad():
-            run = self.simulate(x)
-            loss = self.loss(run, y)
-        metric(run.spike_counts, y)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=len(y))
-        self.log(f"{stage}/acc", metric, prog_bar=True, batch_size=len(y))
+        run = self.simulate(x)
         self._log_spike_rates(stage, run, len(y))
-        return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "val", self.val_acc)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "test", self.test_acc)
-
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        with torch.no_grad():
-            return self(x).argmax(1)
+        return run.spike_counts, self.loss(run, y)
 
     def _log_spike_rates(self, stage: str, run: CSNNRun, batch: int) -> None:
         on_step = stage == "train"
         for i, rate in enumerate(run.spike_rates()):
             self.log(f"{stage}/spike_rate_layer{i + 1}", rate, on_step=on_step, on_epoch=True, sync_dist=True,
                      batch_size=batch)
-
-    # -- optimisation ---------------------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        if callable(self._optimizer):
-            opt: torch.optim.Optimizer = self._optimizer(self.parameters())
-        elif self._optimizer == "adam":
-            opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        if self._scheduler == "none":
-            return opt
-        if callable(self._scheduler):
-            sched = self._scheduler(opt)
-        else:
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            if hp.scheduler_interval == "epoch":
-                total = max(1, int(self.trainer.max_epochs or 1))
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.0)
-        # monitor: what a ReduceLROnPlateau factory watches (the others ignore it)
-        return {"optimizer": opt,
-                "lr_scheduler": {"scheduler": sched, "interval": hp.scheduler_interval, "monitor": "val/loss"}}
-
-    def configure_callbacks(self) -> list[Any]:
-        """``MidEpochResume`` (a run cut mid-epoch resumes at its next batch) and ``DestroyProcessGroupAtExit``, as
-        ``EPLightningModule``."""
-        return [MidEpochResume(), DestroyProcessGroupAtExit()]

@@ -24,11 +24,11 @@ def check_ep_module(callback: str, pl_module: pl.LightningModule, stage: str, ne
     if not isinstance(pl_module, EPLightningModule):
         raise TypeError(
             f"{callback} needs a lightning_ep.module.EPLightningModule (it reads the EP phases, the network "
-            f"`.net` and the hparams t1/update), got {type(pl_module).__module__}.{type(pl_module).__name__}"
+            f"`.net` and its phases settings), got {type(pl_module).__module__}.{type(pl_module).__name__}"
         )
-    if needs_ep and stage == "fit" and pl_module.hparams.method != "ep":
+    if needs_ep and stage == "fit" and pl_module.method != "ep":
         raise ValueError(
-            f"{callback} compares EP against BPTT, but the module trains with method={pl_module.hparams.method!r}: "
+            f"{callback} compares EP against BPTT, but the module trains with method={pl_module.method!r}: "
             "use method='ep' or remove the callback"
         )
     return pl_module

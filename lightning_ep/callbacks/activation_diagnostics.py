@@ -123,7 +123,7 @@ class ActivationDiagnostics(Callback):
         module = check_ep_module(type(self).__name__, pl_module, stage, needs_ep=True)
         if not conv_layers(module.net):
             raise ValueError(f"{type(self).__name__} measures conv layers, but the network has none "
-                             "(EPLightningModule(channels=[])): remove the callback")
+                             "(NetworkConfig(channels=())): remove the callback")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -152,7 +152,7 @@ class ActivationDiagnostics(Callback):
         log_scalars(trainer, metrics, self._step)
         if self.plot and trainer.is_global_zero:
             names = [f"conv{layer}" for layer in range(1, len(mean) + 1)]
-            title = f"step {self._step}, pooling {module.hparams.pooling}, threshold {module.hparams.threshold}"
+            title = f"step {self._step}, pooling {module.network_config.pooling}, threshold {module.net.threshold}"
             log_figure(trainer, "activations/plot", activation_figure(mean, std, names, title), self._step)
         if self.plot and self.raster and trainer.is_global_zero and module.net.spiking:
             traces = sample_traces(module, x[:1], y[:1], [name for name in result.phases if name != "free"])
@@ -173,13 +173,14 @@ class ActivationDiagnostics(Callback):
 def sample_traces(module: EPLightningModule, x: Tensor, y: Tensor, nudged: list[str]) -> dict[str, StepTrace]:
     """Traces (every neuron's spikes, first sample) of the free phase and the ``nudged`` phases (``'positive'``,
     ``'negative'``) of ``x``, ``y`` with the module's settings."""
-    hp = module.hparams
-    free, free_trace = traced_free_phase(module.net, x, hp.t1, hp["update"], hp.tol, hp.start, hp.omega, 1)
+    phases, beta = module.phases, module.ep.beta
+    free, free_trace = traced_free_phase(module.net, x, phases.t1, phases.update, phases.tol, phases.start,
+                                         phases.omega, 1)
     traces = {"free": free_trace}
     for name in nudged:
-        beta = hp.beta if name == "positive" else -hp.beta
-        traces[name] = traced_nudged_phase(module.net, x, y, free.state, hp.t2, beta, hp["update"], hp.tol, hp.omega,
-                                           1)[1]
+        strength = beta if name == "positive" else -beta
+        traces[name] = traced_nudged_phase(module.net, x, y, free.state, phases.t2, strength, phases.update, phases.tol,
+                                           phases.omega, 1)[1]
     return traces
 
 

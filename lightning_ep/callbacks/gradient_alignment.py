@@ -158,7 +158,7 @@ class GradientAlignment(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         module = check_ep_module(type(self).__name__, pl_module, stage, needs_ep=True)
-        if stage == "fit" and self.held_out is None and module.hparams.get("accumulate_grad_batches", 1) > 1:
+        if stage == "fit" and self.held_out is None and module.optim.accumulate_grad_batches > 1:
             raise ValueError(f"{type(self).__name__} reads the training step's gradient, which "
                              "accumulate_grad_batches > 1 mixes over several batches: pass held_out=<samples> to "
                              "measure on a fixed validation batch instead")
@@ -181,7 +181,7 @@ class GradientAlignment(Callback):
         module = check_ep_module(type(self).__name__, pl_module, "fit", needs_ep=True)
         named = [(n, p) for n, p in module.net.named_parameters() if p.requires_grad]
         names, params = [n for n, _ in named], [p for _, p in named]
-        hp = module.hparams
+        phases = module.phases
         if self._held_out_batch is not None:
             x, y = self._held_out_batch
             with torch.enable_grad():
@@ -196,7 +196,8 @@ class GradientAlignment(Callback):
         if not self.bptt_spiking:
             module.net.threshold = 0.0  # the same network without spikes, for this gradient only
         try:
-            bptt = bptt_gradients(module.net, x, y, params, self.bptt_t1 or hp.t1, hp["update"], hp.start, hp.omega)
+            bptt = bptt_gradients(module.net, x, y, params, self.bptt_t1 or phases.t1, phases.update,
+                                  phases.start, phases.omega)
         finally:
             module.net.threshold = threshold
         self._record(trainer, names, ep, self._mean_over_ranks(trainer, bptt, params))

@@ -106,9 +106,9 @@ class MemoryMonitor(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         module = check_ep_module(type(self).__name__, pl_module, stage, needs_ep=False)
-        if self.compare_bptt and stage == "fit" and module.hparams.method != "ep":
+        if self.compare_bptt and stage == "fit" and module.method != "ep":
             raise ValueError(f"{type(self).__name__}(compare_bptt=True) compares EP with BPTT, but the module "
-                             f"already trains with method={module.hparams.method!r}: set compare_bptt=False")
+                             f"already trains with method={module.method!r}: set compare_bptt=False")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -136,15 +136,16 @@ class MemoryMonitor(Callback):
             return
         self._close()
         module = check_ep_module(type(self).__name__, pl_module, "fit", needs_ep=False)
-        method = module.hparams.method
+        method = module.method
         metrics: dict[str, float] = {f"memory/{method}_saved_bytes": float(self._saved.bytes)}
         if self._baseline is not None:
             peak = self._peak if self._peak is not None else cuda_peak_bytes(module.device) - self._baseline
             metrics[f"memory/{method}_peak_bytes"] = float(peak)
         if self._batch is not None:
             x, y = self._batch[0], self._batch[1]
-            hp = module.hparams
-            saved, peak = bptt_memory(module.net, x, y, self.bptt_t1 or hp.t1, hp["update"], self._baseline is not None)
+            phases = module.phases
+            saved, peak = bptt_memory(module.net, x, y, self.bptt_t1 or phases.t1, phases.update,
+                                      self._baseline is not None)
             metrics["memory/bptt_saved_bytes"] = float(saved)
             metrics["memory/ep_over_bptt"] = metrics["memory/ep_saved_bytes"] / saved if saved else math.nan
             if peak is not None:
@@ -163,7 +164,7 @@ class MemoryMonitor(Callback):
             if measure in ("saved_bytes", "peak_bytes"):
                 label = "saved for backward" if measure == "saved_bytes" else "CUDA peak (fwd + bwd)"
                 values.setdefault(label, {})[method.upper()] = value
-        t1 = pl_module.hparams.t1
+        t1 = pl_module.phases.t1
         title = f"memory of training step {self._last_step} (t1={t1}, BPTT t1={self.bptt_t1 or t1})"
         log_figure(trainer, "memory/plot", memory_figure(values, title), self._last_step)
 

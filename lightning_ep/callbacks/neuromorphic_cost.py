@@ -31,6 +31,20 @@ RASTER_DOT = 8.0  # dot area (points^2) of one spike in the raster
 TRACED = ("samples", "latency", "synops_exact", "events", "event_synops")
 
 
+def _publish(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+    """Log ``metrics`` to every logger (rank zero) and put them in ``trainer.callback_metrics`` (every rank), where
+    ModelCheckpoint and EarlyStopping look for their monitored key, as Lightning's LearningRateMonitor does.
+
+    Args:
+        trainer: the running Trainer.
+        metrics: the scalars by name.
+        step: the step the loggers record them at.
+    """
+    log_scalars(trainer, metrics, step)
+    device = trainer.strategy.root_device
+    trainer.callback_metrics.update({name: torch.tensor(value, device=device) for name, value in metrics.items()})
+
+
 def _traced_sums(cost: NeuromorphicCost | None) -> list[float]:
     if cost is None or cost.latency is None or cost.events is None or cost.event_synops is None:
         return [0.0] * len(TRACED)
@@ -150,7 +164,7 @@ class NeuromorphicCostMonitor(Callback):
             return
         self._measured_step = step
         module = check_ep_module(type(self).__name__, pl_module, "fit", needs_ep=False)
-        if module.hparams.method != "ep":  # a BPTT step keeps no phases to count
+        if module.method != "ep":  # a BPTT step keeps no phases to count
             self._measure = False
             return
         self._train_trace = self._traced(module, batch[0][: self.traced_samples], eval_steps=False)
@@ -162,9 +176,9 @@ class NeuromorphicCostMonitor(Callback):
         self._measure = False
         module = check_ep_module(type(self).__name__, pl_module, "fit", needs_ep=False)
         result = module.last_result
-        if module.hparams.method != "ep" or result is None:
+        if module.method != "ep" or result is None:
             return
-        feedforward = module.hparams.start == "feedforward"
+        feedforward = module.phases.start == "feedforward"
         metrics = training_step_cost(module.net, result, feedforward).metrics("train/cost")
         for name, phase in result.phases.items():
             cost = phase_cost(module.net, phase, feedforward and name == "free", nudged=name != "free")
@@ -176,7 +190,7 @@ class NeuromorphicCostMonitor(Callback):
                 metrics[f"train/cost/{key}"] = traced[name] / traced["samples"]
         self._train_trace = None
         self.last["train"] = metrics
-        log_scalars(trainer, metrics, self._measured_step)
+        _publish(trainer, metrics, self._measured_step)
 
     # -- validation and test -------------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -208,7 +222,7 @@ class NeuromorphicCostMonitor(Callback):
         free = module.last_free
         if free is None:
             raise RuntimeError(f"{type(self).__name__}: the module kept no free phase of this batch (last_free)")
-        cost = phase_cost(module.net, free, module.hparams.start == "feedforward")
+        cost = phase_cost(module.net, free, module.phases.start == "feedforward")
         sums = self._sums.get(stage)
         traced_so_far = 0 if sums is None else int(sums[-len(TRACED)])
         traced = None
@@ -237,16 +251,16 @@ class NeuromorphicCostMonitor(Callback):
             for name in TRACED[1:]:
                 metrics[f"{stage}/cost/{name}"] = traced[name] / traced["samples"]
         self.last[stage] = metrics
-        log_scalars(trainer, metrics, trainer.global_step)
+        _publish(trainer, metrics, trainer.global_step)
 
     # -- traced re-runs ------------------------------------------------------------------------------------------
     def _traced(self, module: EPLightningModule, x: Tensor, eval_steps: bool) -> NeuromorphicCost | None:
         """The free phase of ``x`` re-run with a trace (the module's settings; ``eval_t1`` steps for evaluation)."""
         if len(x) == 0:
             return None
-        hp = module.hparams
-        steps = (hp.eval_t1 or hp.t1) if eval_steps else hp.t1
-        _, trace = traced_free_phase(module.net, x, steps, hp["update"], hp.tol, hp.start, hp.omega)
+        phases = module.phases
+        steps = phases.evaluation_steps if eval_steps else phases.t1
+        _, trace = traced_free_phase(module.net, x, steps, phases.update, phases.tol, phases.start, phases.omega)
         return trace_cost(module.net, trace)
 
     def state_dict(self) -> dict[str, Any]:

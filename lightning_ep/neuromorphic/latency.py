@@ -1,0 +1,31 @@
+"""Latency: the first step after which the prediction no longer changes, and the accuracy of inference cut after a
+number of steps, from the per-step predictions of a :class:`~lightning_ep.neuromorphic.trace.StepTrace`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from lightning_ep.neuromorphic.trace import StepTrace
+
+
+def latency_steps(predictions: Tensor) -> Tensor:
+    """Per sample (column of a (steps, batch) tensor of predictions), the first step (1-based) from which the
+    prediction equals the last one at every later step: 1 if it never changed, ``steps`` if it changed last step."""
+    if predictions.dim() != 2 or predictions.shape[0] < 1:
+        raise ValueError(f"predictions must be (steps >= 1, batch), got shape {tuple(predictions.shape)}")
+    changed = predictions != predictions[-1]
+    step = torch.arange(1, predictions.shape[0] + 1, device=predictions.device)[:, None]
+    return (changed * step).amax(0) + 1
+
+
+def accuracy_at_steps(trace: StepTrace, y: Tensor, steps: Sequence[int]) -> dict[int, float]:
+    """Accuracy if inference were cut after each of ``steps`` (a phase that stopped earlier keeps its answer)."""
+    predictions = trace.predictions_per_step()
+    if predictions.shape[0] < 1:
+        raise ValueError("the trace holds no step")
+    return {t: float((predictions[min(t, predictions.shape[0]) - 1] == y).double().mean()) for t in steps}
