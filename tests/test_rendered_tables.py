@@ -1,0 +1,189 @@
+"""The docs' generated tables agree with the records: every ``<!-- BEGIN GENERATED: name -->`` block of README.md and
+docs/*.md is what ``benchmarks/render_tables.py`` renders from ``benchmarks/results/*.json`` now (a changed record or
+renderer without re-rendering fails here), and the renderer computes its figures right on a tiny synthetic record
+set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import render_tables as rt  # noqa: E402
+
+HARDWARE = "Intel(R) Xeon(R) Processor | 2 cpus | torch 2.13.0+cpu | 2 threads | Linux"
+
+
+def test_committed_pages_match_the_records() -> None:
+    stale = rt.check(rt.default_files())
+    assert not stale, "pages differ from the records; run python benchmarks/render_tables.py:\n" + "\n".join(stale)
+
+
+def test_every_block_is_on_a_page() -> None:
+    """No renderer is dead: each block name appears in README.md or a docs page."""
+    text = "".join(path.read_text() for path in rt.default_files())
+    missing = [name for name in rt.BLOCKS if f"<!-- BEGIN GENERATED: {name} -->" not in text]
+    assert not missing
+
+
+def test_check_mode_exit_codes(tmp_path: Path) -> None:
+    """``--check`` exits 0 on the committed pages and 1, naming the file and the block, on a stale copy."""
+    script = ROOT / "benchmarks" / "render_tables.py"
+    ok = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    stale = tmp_path / "page.md"
+    stale.write_text("intro\n<!-- BEGIN GENERATED: memory -->\n| a stale table |\n<!-- END GENERATED: memory -->\n")
+    bad = subprocess.run([sys.executable, str(script), "--check", str(stale)], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1
+    assert "page.md: memory" in bad.stdout
+    assert "a stale table" in stale.read_text()  # --check writes nothing
+
+
+def run(test_error: float, **fields: Any) -> dict[str, Any]:
+    """A training record of the FashionMNIST paper config (all training images), as benchmarks/training.py writes."""
+    record = {"dataset": "fashion_mnist", "method": "ep", "spiking": True, "pooling": "avg", "epochs": 20.0,
+              "test_error": test_error, "wall_s": 3000.0, "hardware": HARDWARE, "complete": True,
+              "threshold": 0.01, "channels": [32, 64], "hidden": [256], "t1": 30, "t2": 10, "beta": 0.3,
+              "loss": "mse", "start": "zeros", "omega": 1.0, "optimizer": "Adam", "weight_decay": 0.0,
+              "curvature_bound": 0.9, "curvature_iters": 30, "batch_size": 64, "train_samples": 60000,
+              "max_epochs": 20, "command": "python benchmarks/training.py fmnist --config "
+              "recipes/configs/fmnist_paper.yaml --data.val_size 0"}
+    return {**record, **fields}
+
+
+def seeds(*errors: float) -> list[dict[str, Any]]:
+    """Runs of one setting that differ only by ``--seed_everything`` (the first without the flag: seed 0)."""
+    out = []
+    for seed, error in enumerate(errors):
+        record = run(error)
+        if seed:
+            record["command"] += f" --seed_everything {seed} --note 'seed {seed}'"
+        out.append(record)
+    return out
+
+
+def headline_records(*fmnist_errors: float) -> list[dict[str, Any]]:
+    """What the headline block selects: the whole-training-set seeds, the validation-split run, one MNIST run
+    older than the curvature fields (its bound in the command, its rounds not recorded)."""
+    mnist = run(0.009, dataset="mnist", train_samples=55000, max_epochs=12, epochs=12.0,
+                command="python benchmarks/training.py mnist --config recipes/configs/mnist_paper.yaml "
+                        "--model.curvature_bound 0.9")
+    for key in ("curvature_bound", "curvature_iters", "optimizer", "weight_decay"):
+        del mnist[key]
+    return [*seeds(*fmnist_errors), run(0.0896, train_samples=55000), mnist]
+
+
+def results_with(tmp_path: Path, **files: list[dict[str, Any]]) -> rt.Results:
+    for name, records in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(records))
+    return rt.Results(tmp_path)
+
+
+def headline_row(text: str, cell: str) -> str:
+    return next(line for line in text.splitlines() if cell in line)
+
+
+def test_mean_and_sample_sd_over_seeds(tmp_path: Path) -> None:
+    """Three seeds at 8 / 9 / 13 %: mean 10.00 (the median would say 9.00), sample sd sqrt(7) = 2.65 (the
+    population sd would say 2.16, the standard error 1.53); ours − paper from the mean."""
+    text = rt.block_headline(results_with(tmp_path, training=headline_records(0.08, 0.09, 0.13)))
+    row = headline_row(text, "3 seeds")
+    assert "**10.00 ± 2.65 %**" in row
+    assert "8.00 / 9.00 / 13.00 %" in row
+    assert "+1.11" in row  # 10.00 − 8.89
+    assert "2.16" not in text and "1.53" not in text
+
+
+def test_headline_figures_of_the_recorded_seeds(tmp_path: Path) -> None:
+    """The FashionMNIST seeds recorded in training.json (8.53 / 9.09 / 8.92 %): 8.85 ± 0.29 %, not ± 0.23."""
+    text = rt.block_headline(results_with(tmp_path, training=headline_records(0.0853, 0.0909, 0.0892)))
+    assert "**8.85 ± 0.29 %**" in headline_row(text, "3 seeds")
+    assert "| MNIST | 55,000 | curvature bound 0.9 (rounds not recorded) | 0.97 % | **0.90 %** | −0.07 |" in text
+
+
+def test_a_selection_must_name_one_setting(tmp_path: Path) -> None:
+    """A new run of another setting that the headline's selection also matches is an error, not a silent change of
+    what the row means; so is a selection that matches nothing."""
+    records = headline_records(0.0853, 0.0909)
+    other = run(0.0950, command=records[0]["command"] + " --model.phases.omega 1.3", omega=1.3)
+    results = results_with(tmp_path, training=[*records, other])
+    assert len(rt.select(results, **rt.HEADLINE[0][1], omega=1.0)) == 2  # pinned: the two seeds
+    with pytest.raises(rt.RenderError, match="names 2 settings"):  # the headline's selection does not pin omega
+        rt.block_headline(results)
+    with pytest.raises(rt.RenderError, match="names 0 settings"):
+        rt.select(results, dataset="mnist", hidden=(1024,))
+
+
+def test_settings_of_older_records() -> None:
+    """A setting an older record lacks is read from its command's flag of the day, else the unchanged default,
+    else 'not recorded'; the commands shown drop the flags that change nothing."""
+    old = {"dataset": "fashion_mnist", "method": "bptt", "complete": True, "hardware": HARDWARE,
+           "command": "python benchmarks/training.py fmnist --model.optimizer torch.optim.AdamW "
+                      "--model.optimizer.weight_decay 0.05 --model.bptt_truncate 8 --trainer.max_time 00:01:00:00 "
+                      "--trainer.enable_progress_bar=false --note 'beside another run' --seed_everything 3"}
+    assert rt.setting(old, "optimizer") == "adamw"
+    assert rt.setting(old, "weight_decay") == 0.05
+    assert rt.setting(old, "bptt_truncate") == 8
+    assert rt.setting(old, "bptt_objective") == "free"
+    assert rt.setting(old, "curvature_bound") is None and rt.setting(old, "curvature_iters") is None
+    assert rt.setting(old, "start") is rt.UNKNOWN
+    assert rt.setting(old, "seed") == 3
+    assert rt.method_label(old) == "BPTT of the free loss, last 8 of T1 steps"
+    assert rt.describe(old, ("optimizer", "start", "omega")) == "AdamW, weight decay 0.05, not recorded: start, ω"
+    assert rt.shown_command(old, drop_seed=True) == (
+        "python benchmarks/training.py fmnist --model.optimizer torch.optim.AdamW --model.optimizer.weight_decay "
+        "0.05 --model.bptt_truncate 8")
+    assert rt.setting({**old, "command": "python benchmarks/training.py fmnist --model.method bptt"},
+                      "bptt_objective") is rt.UNKNOWN  # the default objective changed: never assumed
+    assert rt.setting({**old, "command": "x --model.curvature null", "method": "ep"}, "curvature_bound") is None
+
+
+def test_blocks_are_replaced_in_place(tmp_path: Path) -> None:
+    """Only the text between a block's markers changes; a second pass changes nothing; unknown names and unpaired
+    markers are errors."""
+    page = ("# Title\n\nprose\n<!-- BEGIN GENERATED: headline -->\nold\n<!-- END GENERATED: headline -->\nmore prose\n"
+            "<!-- BEGIN GENERATED: demo -->\n<!-- END GENERATED: demo -->\n")
+    demo = run(0.1364, epochs=2.0, max_epochs=2, t1=12, t2=8, beta=0.2, start="feedforward", omega=1.3,
+               curvature_bound=None, curvature_iters=None, train_samples=55000,
+               command="python benchmarks/training.py fmnist")
+    results = results_with(tmp_path, training=[*headline_records(0.0853, 0.0909, 0.0892), demo])
+    new, changed = rt.render_text(page, results)
+    assert changed == ["headline", "demo"]
+    assert new.startswith("# Title\n\nprose\n<!-- BEGIN GENERATED: headline -->\n| dataset |")
+    assert "-->\nmore prose\n" in new and "old" not in new
+    assert "86.36 % test accuracy" in new
+    assert rt.render_text(new, results) == (new, [])
+    with pytest.raises(rt.RenderError, match="unknown block 'nope'"):
+        rt.render_text("<!-- BEGIN GENERATED: nope -->\n<!-- END GENERATED: nope -->\n", results)
+    with pytest.raises(rt.RenderError, match="unpaired"):
+        rt.render_text("<!-- BEGIN GENERATED: demo -->\n", results)
+
+
+def test_time_to_accuracy_protocol_label(tmp_path: Path) -> None:
+    """A record of the older time-to-accuracy protocol is labelled as such; ratios to ours are lower bounds where a
+    setting did not reach the target."""
+    old = [{"setting": "ours", "seconds": 133.8, "reached": True, "samples": 28160, "dataset": "fashion_mnist",
+            "target_accuracy": 0.8, "threshold": 0.0, "hardware": HARDWARE, "command": "x --threads 1"},
+           {"setting": "reference", "seconds": 650.8, "reached": True, "samples": 24320, "dataset": "fashion_mnist",
+            "target_accuracy": 0.8, "threshold": 0.0, "hardware": HARDWARE, "command": "x --threads 1"}]
+    current = [{"setting": name, "seconds": seconds, "reached": seconds is not None, "samples": 1000,
+                "test_accuracy": 0.881 if seconds else None, "last_accuracy_2000": 0.7, "dataset": "fashion_mnist",
+                "target_accuracy": 0.88, "budget_s": 3600.0, "test_samples": 10000, "threshold": 0.01, "t1": 12,
+                "t2": 8, "update": "async", "dynamics": "explicit", "start": "feedforward", "omega": 1.3,
+                "curvature_bound": 0.9, "hardware": HARDWARE, "command": "x --part main"}
+               for name, seconds in (("ours", 1200.0), ("reference", None))]
+    results = results_with(tmp_path, time_to_accuracy=old, time_to_accuracy_main=current)
+    text = rt.block_time_to_accuracy_all(results)
+    assert "An older protocol" in text and "80 % accuracy" in text and "non-spiking" in text
+    assert "| 4.9× |" in text  # 650.8 / 133.8
+    text = rt.block_time_to_accuracy_main(results)
+    assert "older protocol" not in text
+    assert "> 3.0×" in text  # the budget over ours: a lower bound
