@@ -1,5 +1,7 @@
 """lightning_ep: Equilibrium Propagation for convolutional spiking convergent networks."""
 
+from typing import TYPE_CHECKING
+
 from lightning_ep.blocks import SpikingConv2d, SpikingLinear
 from lightning_ep.bptt import BPTTResult, bptt_loss, nudged_bptt_loss
 from lightning_ep.config import BPTTConfig, CurvatureConfig, EPConfig, NetworkConfig, PhasesConfig
@@ -19,6 +21,10 @@ from lightning_ep.optimization import OptimConfig
 from lightning_ep.phases import free_phase
 from lightning_ep.sigma_delta import SigmaDelta
 from lightning_ep.stability import active_coupling_eigenvalue
+
+if TYPE_CHECKING:
+    # Seen by type checkers and IDEs only: at runtime ``__getattr__`` below imports it on first use.
+    from lightning_ep.module import EPLightningModule
 
 __all__ = [
     "BPTTConfig",

@@ -18,7 +18,23 @@ Shape = tuple[int, ...]
 
 
 class SpikingConv2d(nn.Module):
-    """conv (stride 1) -> pooling -> Sigma-Delta neuron. Coupling: ``<s_out, P(W * s_in + b)>``."""
+    """conv (stride 1) -> pooling -> Sigma-Delta neuron. Coupling: ``<s_out, P(W * s_in + b)>``.
+
+    Args:
+        in_shape: the input layer's shape ``(C, H, W)``.
+        channels: output maps (integer >= 1).
+        kernel_size: side of the square kernel, in pixels (integer >= 1; default 5).
+        padding: zeros added on every side of the input, in pixels (integer >= 0; default 0).
+        pooling: ``'avg'`` (default), ``'max'`` or ``'none'`` (None is ``'none'``).
+        pool_size: side of the non-overlapping pooling window, in pixels (integer >= 1; default 2).
+        threshold: the neuron's Sigma-Delta spike size, in units of the state (finite, >= 0; default 0: no spikes).
+        graded: one graded spike a step carrying the whole rounded change (True, default), or at most one signed
+            spike a step (False).
+        spike_grad: snnTorch surrogate gradient of non-graded spikes in BPTT (None: ``snntorch.surrogate.atan()``).
+
+    Raises:
+        ValueError: a bad argument, or a kernel or pooling window that does not fit the input.
+    """
 
     def __init__(
         self,
@@ -60,7 +76,7 @@ class SpikingConv2d(nn.Module):
 
     def forward_drive(self, s_in: Tensor) -> tuple[Tensor, Tensor | None]:
         """``P(W * s_in + b)`` and the max-pooling indices (``None`` unless max pooling). Average pooling is
-        folded into the convolution (see :meth:`avg_pooled_weight`), which is exact and ~3x fewer FLOPs."""
+        folded into the convolution (see ``avg_pooled_weight``), which is exact and ~3x fewer FLOPs."""
         if self.pooling == "avg":
             conv = self.conv
             return F.conv2d(s_in, self.avg_pooled_weight(), conv.bias, self.pool_size, conv.padding), None
@@ -98,7 +114,19 @@ class SpikingConv2d(nn.Module):
 
 
 class SpikingLinear(nn.Module):
-    """dense synapses -> Sigma-Delta neuron. Coupling: ``<s_out, W flatten(s_in) + b>``."""
+    """dense synapses -> Sigma-Delta neuron. Coupling: ``<s_out, W flatten(s_in) + b>``.
+
+    Args:
+        in_shape: the input layer's shape (any; flattened).
+        features: output neurons (integer >= 1).
+        threshold: the neuron's Sigma-Delta spike size, in units of the state (finite, >= 0; default 0: no spikes).
+        graded: one graded spike a step carrying the whole rounded change (True, default), or at most one signed
+            spike a step (False).
+        spike_grad: snnTorch surrogate gradient of non-graded spikes in BPTT (None: ``snntorch.surrogate.atan()``).
+
+    Raises:
+        ValueError: ``features < 1`` or a bad ``threshold``.
+    """
 
     def __init__(
         self,

@@ -40,21 +40,25 @@ def bptt_loss(
     omega: float = 1.0,
     truncate: int | None = None,
 ) -> BPTTResult:
-    """Mean loss after ``t1`` free steps from ``start`` (:func:`~lightning_ep.phases.run_free_phase`), with the
+    """Mean loss after ``t1`` free steps from ``start`` (``run_free_phase``), with the
     autograd graph through all of them (and through the feed-forward sweep of ``start="feedforward"``, whose spikes
     count as the free phase's).
 
     Args:
         net: the network.
-        x: the input batch.
-        y: the labels, class indices of any integer dtype.
-        t1: the free phase's steps.
+        x: the input batch, ``(B, *net.input_shape)``, finite floats.
+        y: the labels, class indices in ``[0, num_classes)`` of any integer dtype.
+        t1: the free phase's steps (integer >= 1; default 60).
         update: ``'async'`` (odd layers, then even) or ``'sync'`` (all at once).
         start: the start state: a state, ``'zeros'`` (None) or ``'feedforward'`` (a sweep).
-        omega: the relaxation factor, in (0, 2).
-        truncate: backpropagate through the last ``truncate`` steps only: the first ``t1 - truncate`` run without a
-            graph and the gradient flows from the state they reached (truncated BPTT, as the EP reference codes'
-            BPTT baseline). None: all ``t1`` steps.
+        omega: the relaxation factor, in (0, 2) (default 1).
+        truncate: backpropagate through the last ``truncate`` steps only (integer in [1, t1]): the first
+            ``t1 - truncate`` run without a graph and the gradient flows from the state they reached (truncated
+            BPTT, as the EP reference codes' BPTT baseline). None: all ``t1`` steps.
+
+    Raises:
+        ValueError: a bad batch or setting (each message names it).
+        DivergenceError: the loss is NaN or inf.
     """
     net.check_input(x, y)
     check_steps("t1", t1)
@@ -84,20 +88,25 @@ def nudged_bptt_loss(
     """Mean loss after ``t2`` steps nudged at strength ``nudge`` from the state ``t1`` free steps from ``start``
     reached, with the autograd graph through the nudged steps only (and through the input drive); the free phase
     runs without a graph. ``logits``: the free state's (the prediction). Draw ``nudge`` uniformly from [-beta, beta]
-    (:func:`draw_nudges`) to sample the gradient of EP's objective.
+    (``draw_nudges``) to sample the gradient of EP's objective.
 
     Args:
         net: the network.
-        x: the input batch.
-        y: the labels, class indices of any integer dtype.
-        nudge: the nudge strength, of either sign as EP's phases: one for the batch or a tensor of one per sample.
-        t1: the free phase's steps.
-        t2: the nudged phase's steps.
+        x: the input batch, ``(B, *net.input_shape)``, finite floats.
+        y: the labels, class indices in ``[0, num_classes)`` of any integer dtype.
+        nudge: the nudge strength, dimensionless, of either sign as EP's phases: a float for the batch or a
+            ``(batch,)`` tensor of one per sample (finite; > -1 with the mse output).
+        t1: the free phase's steps (integer >= 1; default 60).
+        t2: the nudged phase's steps (integer >= 1; default 20).
         update: ``'async'`` (odd layers, then even) or ``'sync'`` (all at once).
         start: the free phase's start state: a state, ``'zeros'`` (None) or ``'feedforward'`` (a sweep).
-        omega: the free phase's relaxation factor, in (0, 2).
-        nudged_omega: the nudged steps' relaxation factor: plain steps (1) by default, since over-relaxed steps
-            overshoot by design and BPTT through an overshooting, unsettled phase can collapse training.
+        omega: the free phase's relaxation factor, in (0, 2) (default 1).
+        nudged_omega: the nudged steps' relaxation factor, in (0, 2): plain steps (1) by default, since over-relaxed
+            steps overshoot by design and BPTT through an overshooting, unsettled phase can collapse training.
+
+    Raises:
+        ValueError: a bad batch or setting (each message names it).
+        DivergenceError: the loss is NaN or inf.
     """
     net.check_input(x, y)
     check_steps("t1", t1)

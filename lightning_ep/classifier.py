@@ -1,7 +1,7 @@
 """``ImageClassifier``: what ``EPLightningModule`` and the snnTorch baseline share as Lightning modules.
 
 Accuracy metrics per stage, the validation / test / prediction steps, the optimizer and scheduler from an
-:class:`~lightning_ep.optimization.OptimConfig`, and the callbacks every run needs. A subclass supplies
+``OptimConfig``, and the callbacks every run needs. A subclass supplies
 ``evaluate`` (logits and loss of a batch, without autograd) and ``param_groups``.
 """
 
@@ -49,7 +49,7 @@ class ImageClassifier(LightningModule):
 
     # -- batches --------------------------------------------------------------------------------------------
     def images(self, x: Any) -> Tensor:
-        """``x`` as float images of the parameters' dtype (see :mod:`lightning_ep.inputs`)."""
+        """``x`` as float images of the parameters' dtype (see ``lightning_ep.inputs``)."""
         return prepare_images(x, next(self.parameters()).dtype)
 
     def unpack(self, batch: Any) -> tuple[Tensor, Tensor]:

@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_ep.module import EPLightningModule
 
 RUNS_DIR = "runs"
+"""The directory (relative to the working directory) where the recipes' logs and checkpoints go."""
 
 
 def wandb_logged_in() -> bool:
@@ -138,7 +139,7 @@ class EPLightningCLI(LightningCLI):
                               "--trainer.enable_checkpointing=false (or the flag)")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The trainer, with a :class:`PeriodicLastCheckpoint` added when ``--checkpoint_every_n_steps`` is set; it
+        """The trainer, with a ``PeriodicLastCheckpoint`` added when ``--checkpoint_every_n_steps`` is set; it
         takes over ``last.ckpt`` from the configured ``ModelCheckpoint`` s that write one to the same folder (else
         they would write ``last-v1.ckpt`` beside it), which keep their other checkpoints."""
         every = self._get(self.config, "checkpoint_every_n_steps")
@@ -164,7 +165,15 @@ def build_cli(
 ) -> EPLightningCLI:
     """Parse ``args`` (default: ``sys.argv``) over ``default_config`` and instantiate trainer, model and data.
     ``model_class``: the LightningModule the ``--model.*`` flags build (any with ``input_shape`` and
-    ``num_classes`` arguments, e.g. ``lightning_ep.baselines.SnnTorchCSNN``)."""
+    ``num_classes`` arguments, e.g. ``lightning_ep.baselines.SnnTorchCSNN``).
+
+    Args:
+        datamodule_class: the LightningDataModule class the ``--data.*`` flags build.
+        default_config: a YAML config file read first (a path); flags and ``--config`` files override it.
+        project: the W&B project name of the default logger.
+        args: the command-line arguments (None: ``sys.argv[1:]``).
+        model_class: the LightningModule class (default ``EPLightningModule``).
+    """
     return EPLightningCLI(
         model_class,
         datamodule_class,
@@ -198,5 +207,16 @@ def run_recipe(
     args: Sequence[str] | None = None,
     model_class: type[LightningModule] = EPLightningModule,
 ) -> dict[str, float]:
-    """Fit then test; prints and returns the test metrics. ``default_config`` is read first, flags override it."""
+    """Fit then test; prints and returns the test metrics. ``default_config`` is read first, flags override it.
+
+    Args:
+        datamodule_class: the LightningDataModule class the ``--data.*`` flags build.
+        default_config: a YAML config file read first (a path); flags and ``--config`` files override it.
+        project: the W&B project name of the default logger.
+        args: the command-line arguments (None: ``sys.argv[1:]``).
+        model_class: the LightningModule class (default ``EPLightningModule``).
+
+    Returns:
+        The test metrics (e.g. ``'test/acc'``), empty when testing logged none.
+    """
     return fit_and_test(build_cli(datamodule_class, default_config, project, args, model_class))

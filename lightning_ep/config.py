@@ -3,8 +3,8 @@
 Each group checks its own values when it is built; the defaults are the paper configuration (the spiking 2C2FC
 network, Sigma-Delta threshold 0.01, average pooling, hidden 256, T1 30 / T2 10, beta 0.3, the curvature
 penalty). LightningCLI exposes every field as a nested flag (``--model.phases.t1 12``), with the meaning below in
-``--help``. Checkpoints store each group as a plain dict (:func:`as_plain`), and every group is built back from
-one (:func:`coerce`).
+``--help``. Checkpoints store each group as a plain dict (``as_plain``), and every group is built back from
+one (``coerce``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def destroy_process_group() -> None:
 
 
 class DestroyProcessGroupAtExit(Callback):
-    """Registers :func:`destroy_process_group` as an exit handler of every process a distributed run sets up."""
+    """Registers ``destroy_process_group`` as an exit handler of every process a distributed run sets up."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -31,10 +31,10 @@ class DivergenceError(RuntimeError):
 
 
 class StepRecorder(Protocol):
-    """An opt-in observer of :func:`relax` (e.g. ``lightning_ep.neuromorphic.StepTrace``): ``record_step`` is called
+    """An opt-in observer of ``relax`` (e.g. ``lightning_ep.neuromorphic.StepTrace``): ``record_step`` is called
     once at the end of every step with the states after it and the signed spike counts each layer sent in it
     (``None`` for a layer that does not spike); ``record_start``, by the free phase
-    (:func:`~lightning_ep.phases.run_free_phase`), with the counts of the feed-forward sweep that reached its start
+    (``run_free_phase``), with the counts of the feed-forward sweep that reached its start
     state. It must not modify them."""
 
     def record_step(self, net: ConvergentNetwork, s: Sequence[Tensor], sent: Sequence[Tensor | None]) -> None: ...
@@ -110,7 +110,7 @@ def feedforward_state(
 ) -> tuple[NetworkState, list[Tensor]]:
     """One bottom-up sweep, each layer set to ``clamp(forward drive from the layer below)`` with no feedback:
     a warm start for the free phase that costs about one dynamics step. Also returns the spikes each layer sent
-    (from zero) to reach it. ``dither``: the Sigma-Delta dithering generator (see :func:`relax`)."""
+    (from zero) to reach it. ``dither``: the Sigma-Delta dithering generator (see ``relax``)."""
     s: list[Tensor] = []
     r: list[Tensor] = []
     sent: list[Tensor] = []
@@ -138,8 +138,8 @@ def start_state(
 
     Args:
         net: the network.
-        x_drive: the first layer's drive from the input (:func:`input_drive`).
-        start: a state (used as it is), ``'zeros'`` (or None) or ``'feedforward'`` (:func:`feedforward_state`).
+        x_drive: the first layer's drive from the input (``input_drive``).
+        start: a state (used as it is), ``'zeros'`` (or None) or ``'feedforward'`` (``feedforward_state``).
         dither: the generator of dithered Sigma-Delta rounding for the sweep (None: round to nearest).
     """
     if start == "feedforward":
@@ -205,13 +205,34 @@ def relax(
     change of a step is ``<= tol`` (when given). ``omega`` is the relaxation factor: each update moves a layer to
     ``clamp(s + omega (d - s))`` for its drive ``d`` (1: ``clamp(d)``; in (1, 2): over-relaxation, which can
     settle in fewer steps where layers are strongly coupled). Every omega has the same fixed points; where the
-    energy has several, which one is reached may differ. ``trace`` (off by default): a :class:`StepRecorder`
+    energy has several, which one is reached may differ. ``trace`` (off by default): a ``StepRecorder``
     given every step's states and spikes (for per-step spike rasters and latency). ``dither``: a generator that
     makes the Sigma-Delta neurons round their graded spike counts stochastically (unbiased transmission; the
     states then fluctuate around the fixed point by about a threshold). ``average_last``: also return the states
     averaged over the last that many steps (``Relaxation.mean_s``), which averages that fluctuation out; it needs
     ``tol=None`` (a phase cut early would have no such window). ``beta``: one nudge strength, or a tensor of one
-    per sample (shape ``(batch,)``). Differentiable (BPTT) when run with autograd enabled."""
+    per sample (shape ``(batch,)``). Differentiable (BPTT) when run with autograd enabled.
+
+    Args:
+        net: the network.
+        x_drive: the first layer's drive from the input (``input_drive``), fixed during the phase.
+        state: the start state (states in [0, 1], dimensionless; e.g. ``NetworkState.zeros`` or a free phase's).
+        steps: the most steps to run (integer >= 1); one step updates every layer once.
+        beta: the nudge strength (0, default: a free phase; > 0 pulls towards ``y``, < 0 pushes away), a float or
+            a ``(batch,)`` tensor; with the mse output ``|beta| < 1`` keeps the output update a contraction.
+        y: the labels, class indices in ``[0, num_classes)`` (needed when ``beta != 0``).
+        update: ``'async'`` (even-indexed layers, then odd; default) or ``'sync'`` (all at once).
+        tol: stop once a step's largest state change is ``<= tol``, in state units (>= 0; None: run all steps).
+        omega: the relaxation factor, in (0, 2) (default 1).
+        trace: a ``StepRecorder`` given every step (None: no trace).
+        dither: the generator of dithered Sigma-Delta rounding (None: round to nearest; needs ``graded``).
+        average_last: also return the states averaged over the last that many steps (integer in [0, steps];
+            0 default: none; > 0 needs ``tol=None``).
+
+    Raises:
+        ValueError: a bad argument (``steps < 1``, an unknown ``update``, ``beta != 0`` without ``y``, ...).
+        DivergenceError: a state became NaN or inf.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if update not in ("async", "sync"):
@@ -307,7 +328,21 @@ def relax_autograd(
 ) -> Relaxation:
     """The reference implementations' dynamics: synchronous steps ``s <- clamp(dPhi/ds)``, where
     ``Phi = -(E - 1/2|s|^2) - beta * loss`` and its gradient is taken by autograd at every step. ``dither``: as
-    in :func:`relax`."""
+    in ``relax``.
+
+    Args:
+        net: the network.
+        x: the input batch, ``(B, *net.input_shape)``.
+        state: the start state (states in [0, 1], dimensionless).
+        steps: the steps to run (integer >= 1; no early stop).
+        beta: the nudge strength (float; 0, default: a free phase), as in ``relax``.
+        y: the labels, class indices in ``[0, num_classes)`` (needed when ``beta != 0``).
+        dither: the generator of dithered Sigma-Delta rounding (None: round to nearest).
+
+    Raises:
+        ValueError: ``steps < 1``.
+        DivergenceError: a state became NaN or inf.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     s, r = list(state.s), list(state.r)

@@ -103,22 +103,30 @@ def equilibrium_propagation(
 
     Args:
         net: the network.
-        x: the input batch.
-        y: the labels, class indices of any integer dtype.
-        beta: the nudge strength (> 0; < 1 with the mse output and a -beta phase).
-        t1: the free phase's most steps.
-        t2: each nudged phase's steps.
+        x: the input batch, ``(B, *net.input_shape)``, finite floats (images scaled to [0, 1]).
+        y: the labels, class indices in ``[0, num_classes)`` of any integer dtype.
+        beta: the nudge strength, dimensionless (finite, > 0; < 1 with the mse output and a -beta phase, i.e. the
+            symmetric and random-sign estimators; default 0.1).
+        t1: the free phase's most steps (integer >= 1; default 60).
+        t2: each nudged phase's most steps (integer >= 1; default 20).
         estimator: ``'symmetric'`` (+beta and -beta), ``'one_sided'`` (free and +beta) or ``'random_sign'``
             (free and a +-beta drawn from ``generator``).
         update: ``'async'`` (odd layers, then even) or ``'sync'`` (all at once).
         dynamics: ``'explicit'`` or ``'autograd'`` (the synchronous reference).
-        tol: end a phase once a step's largest state change is ``<= tol`` (None: run all steps).
-        generator: draws the sign of ``'random_sign'``.
+        tol: end a phase once a step's largest state change is ``<= tol``, in state units (>= 0; None: run all
+            steps).
+        generator: a CPU generator that draws the sign of ``'random_sign'`` (None: the global one).
         start: the free phase's start state: a state, ``'zeros'`` (None) or ``'feedforward'`` (a sweep).
-        omega: the relaxation factor, in (0, 2).
-        dither: the generator of dithered Sigma-Delta (every phase; both nudged phases replay the same stream).
+        omega: the relaxation factor, in (0, 2) (default 1).
+        dither: the generator of dithered Sigma-Delta (every phase; both nudged phases replay the same stream), on
+            the network's device (None: round to nearest).
         average_last: evaluate the energy at the states averaged over the last that many steps of each phase the
-            estimate uses (the free phase too with the one-sided and random-sign estimators).
+            estimate uses (the free phase too with the one-sided and random-sign estimators); an integer from 0
+            (default: none) to the shortest such phase's steps, > 0 only with ``tol=None``.
+
+    Raises:
+        ValueError: a bad setting or batch (each message names it).
+        DivergenceError: a state or the surrogate became NaN or inf.
     """
     check_ep_args(net, beta, t1, t2, estimator, average_last, tol)
     net.check_input(x, y)

@@ -17,8 +17,11 @@ import torch
 from torch import Tensor
 
 IMAGE_KEYS = ("image", "images", "input", "inputs", "x", "pixel_values")
+"""The keys under which a dict batch may hold its images, tried in this order (the first present is used)."""
 LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+"""The keys under which a dict batch may hold its labels (class indices), tried in this order."""
 MAX_FLOAT_MAGNITUDE = 4.0  # standardised MNIST-like images reach about 3; raw pixels reach 255
+"""The largest absolute value a float image may hold (unit scale: [0, 1] or standardised); beyond it, a ValueError."""
 
 
 def _pick(batch: Mapping[str, Any], keys: tuple[str, ...], what: str, required: bool) -> Any:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 @dataclass
 class SavedBytes:
-    """Filled by :func:`count_saved_bytes`: the bytes of distinct storages autograd saved for backward."""
+    """Filled by ``count_saved_bytes``: the bytes of distinct storages autograd saved for backward."""
 
     bytes: int = 0
     tensors: int = 0
@@ -39,7 +39,7 @@ def count_saved_bytes() -> Iterator[SavedBytes]:
 
 
 def cuda_peak_bytes(device: torch.device) -> int:
-    """Peak allocated bytes on a CUDA device since the last :func:`reset_cuda_peak`."""
+    """Peak allocated bytes on a CUDA device since the last ``reset_cuda_peak``."""
     return int(torch.cuda.max_memory_allocated(device))
 
 

@@ -40,7 +40,7 @@ class EPLightningModule(ImageClassifier):
     average pooling, hidden 256), T1 30 / T2 10, beta 0.3, the curvature penalty, Adam at 1e-3 with a cosine
     schedule. Change a group: ``EPLightningModule(phases=PhasesConfig(t1=12, t2=8))``, or ``--model.phases.t1 12``
     in the recipes. ``EPLightningModule.preset("demo")`` is a faster setting for CPU demos. A network built
-    yourself: :meth:`from_network`. ``predict_output`` ('class', 'logits' or 'probabilities') sets what
+    yourself: ``from_network``. ``predict_output`` ('class', 'logits' or 'probabilities') sets what
     ``Trainer.predict`` returns.
 
     Args:
@@ -51,7 +51,13 @@ class EPLightningModule(ImageClassifier):
         bptt: what 'bptt' backpropagates (a BPTTConfig; ignored by 'ep').
         curvature: the curvature penalty (a CurvatureConfig), or None for none.
         optim: optimizer, learning rates, schedule, clipping, accumulation (an OptimConfig).
-        seed: seed of the module's own random streams (random-sign estimator, nudge strengths, dithering).
+        seed: seed of the module's own random streams (random-sign estimator, nudge strengths, dithering); any
+            integer accepted by ``torch.Generator.manual_seed`` (default 0).
+
+    Raises:
+        ValueError: a bad setting, or settings of different groups that do not go together (each message names
+            the setting to change).
+        TypeError: a built ``ConvergentNetwork`` passed as ``network`` (use ``from_network``).
     """
 
     def __init__(
@@ -96,7 +102,16 @@ class EPLightningModule(ImageClassifier):
     @classmethod
     def from_network(cls, net: ConvergentNetwork, **settings: Any) -> EPLightningModule:
         """A module that trains ``net`` itself (its weights and neurons); ``settings`` are the other arguments.
-        The hyperparameters record ``net``'s architecture, so checkpoints load without passing it again."""
+        The hyperparameters record ``net``'s architecture, so checkpoints load without passing it again.
+
+        Args:
+            net: the network to train (a ``ConvergentNetwork``; its weights are used as they are, not copied).
+            **settings: any other ``EPLightningModule`` argument (``phases``, ``ep``, ``method``, ``bptt``,
+                ``curvature``, ``optim``, ``seed``), not ``network``.
+
+        Raises:
+            TypeError: ``network`` among ``settings``.
+        """
         if "network" in settings:
             raise TypeError("from_network takes the network as net: drop network=")
         if any(b.neuron.spike_grad is not None for b in net.blocks):
@@ -109,7 +124,16 @@ class EPLightningModule(ImageClassifier):
     @classmethod
     def preset(cls, name: str, **settings: Any) -> EPLightningModule:
         """A named configuration: 'paper' (the defaults) or 'demo' (a warm-started, over-relaxed setting that trains
-        in a few minutes on a CPU: T1 12 / T2 8, beta 0.2, no curvature penalty); ``settings`` override groups."""
+        in a few minutes on a CPU: T1 12 / T2 8, beta 0.2, no curvature penalty); ``settings`` override groups.
+
+        Args:
+            name: a key of ``lightning_ep.presets.PRESETS``: ``'paper'`` or ``'demo'``.
+            **settings: ``EPLightningModule`` arguments that replace the preset's whole group (e.g.
+                ``phases=PhasesConfig(t1=20)``).
+
+        Raises:
+            ValueError: an unknown ``name``.
+        """
         from lightning_ep.presets import PRESETS
 
         if name not in PRESETS:
@@ -181,7 +205,15 @@ class EPLightningModule(ImageClassifier):
     ) -> EPResult:
         """The EP phases on a batch with this module's settings (``generator``: for the random-sign estimator;
         ``dither_generator``: for dithered Sigma-Delta, used only with ``ep.dither``; by default the module's
-        own, so a caller that must not move the training streams, like a callback, passes its own)."""
+        own, so a caller that must not move the training streams, like a callback, passes its own).
+
+        Args:
+            x: the input batch, ``(B, *input_shape)``, on the module's device and dtype.
+            y: the labels, class indices in ``[0, num_classes)``.
+            generator: a CPU generator for the random-sign estimator's sign (None: the module's own).
+            dither_generator: a generator on the module's device for dithered Sigma-Delta (None: the module's own;
+                unused unless ``ep.dither``).
+        """
         phases, ep = self.phases, self.ep
         dither = (dither_generator or self.dither_generator) if ep.dither else None
         return equilibrium_propagation(

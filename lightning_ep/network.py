@@ -32,7 +32,17 @@ LossKind = Literal["mse", "ce"]
 
 @dataclass(frozen=True)
 class Conv:
-    """A spiking conv layer: ``channels`` output maps, stride-1 conv, then pooling ('avg', 'max' or 'none')."""
+    """A spiking conv layer: ``channels`` output maps, stride-1 conv, then pooling ('avg', 'max' or 'none').
+
+    Args:
+        channels: output feature maps (integer >= 1).
+        kernel_size: side of the square kernel, in pixels (integer >= 1; default 5).
+        padding: zeros added on every side before the convolution, in pixels (integer >= 0; default 0);
+            ``(kernel_size - 1) // 2`` keeps the map's size.
+        pooling: ``'avg'`` (default), ``'max'`` or ``'none'`` (None is ``'none'``).
+        pool_size: side of the non-overlapping pooling window, in pixels (integer >= 1; default 2; unused with
+            ``'none'``).
+    """
 
     channels: int
     kernel_size: int = 5
@@ -43,7 +53,11 @@ class Conv:
 
 @dataclass(frozen=True)
 class Dense:
-    """A spiking dense layer of ``features`` neurons."""
+    """A spiking dense layer of ``features`` neurons.
+
+    Args:
+        features: neurons in the layer (integer >= 1).
+    """
 
     features: int
 
@@ -51,7 +65,27 @@ class Dense:
 class ConvergentNetwork(nn.Module):
     """Blocks ``x -> s_1 -> ... -> s_L``. With ``loss='mse'`` the last state layer has ``num_classes`` neurons
     nudged towards the one-hot target; with ``loss='ce'`` a (non-neuron) linear read-out of the last state gives
-    the logits. ``threshold > 0`` makes every layer talk through Sigma-Delta spikes of that size."""
+    the logits. ``threshold > 0`` makes every layer talk through Sigma-Delta spikes of that size.
+
+    Args:
+        input_shape: one sample's shape, ``(C, H, W)`` for images or ``(features,)`` (positive sizes; conv layers
+            need ``(C, H, W)``).
+        layers: the hidden layers, input side first: ``Conv`` specs, then ``Dense`` specs (a Conv cannot follow a
+            Dense). With ``loss='mse'`` the ``num_classes`` output layer is added after them; ``loss='ce'`` needs
+            at least one.
+        num_classes: classes (integer >= 2); labels are class indices in ``[0, num_classes)``.
+        loss: ``'mse'`` (the last state layer is nudged towards the one-hot target; default) or ``'ce'``
+            (cross-entropy of a linear read-out of the last state).
+        threshold: the Sigma-Delta spike size, in units of the state (finite, >= 0; default 0: no spikes).
+        graded: a step sends the whole rounded change as one graded spike (True, default), or at most one signed
+            spike per neuron (False).
+        spike_grad: snnTorch surrogate gradient of non-graded spikes in BPTT (None: ``snntorch.surrogate.atan()``).
+
+    Raises:
+        ValueError: an unknown ``loss``, ``num_classes < 2``, a bad ``input_shape`` or a layer that does not fit
+            its input.
+        TypeError: a layer that is not a ``Conv`` or ``Dense`` spec.
+    """
 
     def __init__(
         self,
@@ -141,13 +175,13 @@ class ConvergentNetwork(nn.Module):
         tol: float | None = None,
         omega: float = 1.0,
     ) -> Tensor:
-        """The logits after a free phase (:func:`~lightning_ep.phases.free_phase`, without autograd):
+        """The logits after a free phase (``free_phase``, without autograd):
         ``net(x).argmax(1)`` predicts. The defaults are ``equilibrium_propagation``'s; pass the settings the network
         was trained with (e.g. ``t1=10, start='feedforward'``) to evaluate it as trained.
 
         Args:
-            x: the input batch.
-            t1: the free phase's most steps.
+            x: the input batch, ``(B, *input_shape)``, floats.
+            t1: the free phase's most steps (integer >= 1; default 60).
             start: the start state: a state, ``'zeros'`` or ``'feedforward'`` (a sweep).
             update: ``'async'`` (odd layers, then even) or ``'sync'`` (all at once).
             tol: stop once a step's largest state change is ``<= tol`` (None: run all ``t1`` steps).
@@ -232,7 +266,7 @@ def _stack_fits(hw: Sequence[int], convs: int, kernel_size: int, padding: int, p
 
 def _smallest_padding(hw: Sequence[int], convs: int, kernel_size: int, pooling: str | None,
                       pool_size: int) -> int | None:
-    """The smallest padding below ``kernel_size`` with which the stack fits (see :func:`_stack_fits`), or None."""
+    """The smallest padding below ``kernel_size`` with which the stack fits (see ``_stack_fits``), or None."""
     fitting = (p for p in range(kernel_size) if _stack_fits(hw, convs, kernel_size, p, pooling or "none", pool_size))
     return next(fitting, None)
 
@@ -251,7 +285,24 @@ def two_conv_two_dense(
 ) -> ConvergentNetwork:
     """The paper's 2C2FC network: conv5x5 32 -> pool -> conv5x5 64 -> pool -> dense ``hidden`` -> dense classes.
     ``padding`` pads every convolution (``(kernel_size - 1) // 2`` keeps their size: small inputs such as 8x8
-    need it)."""
+    need it).
+
+    Args:
+        input_shape: one image's shape ``(C, H, W)`` (default ``(1, 28, 28)``).
+        num_classes: classes (integer >= 2; default 10).
+        channels: output maps of each conv layer (integers >= 1; default ``(32, 64)``: two conv layers).
+        kernel_size: side of every conv kernel, in pixels (integer >= 1; default 5).
+        hidden: neurons of the dense hidden layer (integer >= 1; default 512).
+        pooling: ``'avg'`` (default), ``'max'`` or ``'none'``, 2x2, after every conv.
+        loss: ``'mse'`` (default) or ``'ce'``, as in ``ConvergentNetwork``.
+        threshold: the Sigma-Delta spike size, in units of the state (finite, >= 0; default 0: no spikes).
+        padding: zeros added on every side of every conv input, in pixels (integer >= 0; default 0).
+        **neuron: ``graded`` and ``spike_grad``, passed to ``ConvergentNetwork``.
+
+    Raises:
+        ValueError: a network that does not fit ``input_shape`` (with the padding that would), or any
+            ``ConvergentNetwork`` error.
+    """
     layers: list[Conv | Dense] = [Conv(c, kernel_size, padding, pooling) for c in channels]
     layers.append(Dense(hidden))
     try:

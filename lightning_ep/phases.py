@@ -76,13 +76,13 @@ def run_phase(
     average_last: int = 0,
     trace: StepRecorder | None = None,
 ) -> Relaxation:
-    """One phase of ``steps`` steps from ``state``, with the explicit dynamics (:func:`~lightning_ep.dynamics.relax`)
-    or their autograd reference (:func:`~lightning_ep.dynamics.relax_autograd`), under the caller's autograd mode.
+    """One phase of ``steps`` steps from ``state``, with the explicit dynamics (``relax``)
+    or their autograd reference (``relax_autograd``), under the caller's autograd mode.
 
     Args:
         net: the network.
         x: the input batch (the autograd dynamics differentiate the energy at it).
-        x_drive: the first layer's drive from ``x`` (:func:`~lightning_ep.dynamics.input_drive`).
+        x_drive: the first layer's drive from ``x`` (``input_drive``).
         state: the state the phase starts from.
         steps: the most steps to run.
         beta: the nudge strength (0: free), or a tensor of one per sample.
@@ -93,7 +93,7 @@ def run_phase(
         omega: the relaxation factor, in (0, 2).
         dither: the generator of dithered Sigma-Delta rounding (None: round to nearest).
         average_last: also keep the states averaged over the last that many steps (explicit only).
-        trace: a :class:`~lightning_ep.dynamics.StepRecorder` given every step (explicit only).
+        trace: a ``StepRecorder`` given every step (explicit only).
     """
     if dynamics == "autograd":
         if trace is not None:
@@ -121,7 +121,7 @@ def run_free_phase(
     x_drive: Tensor | None = None,
 ) -> Relaxation:
     """The free phase: ``beta = 0`` from ``start``, the spikes sent to reach the start state counted as the
-    phase's. No argument checks (:func:`free_phase` is the checked entry point).
+    phase's. No argument checks (``free_phase`` is the checked entry point).
 
     Args:
         net: the network.
@@ -130,7 +130,7 @@ def run_free_phase(
         update: ``'async'`` or ``'sync'``.
         dynamics: ``'explicit'`` or ``'autograd'``.
         tol: stop once a step's largest state change is ``<= tol`` (None: run all steps).
-        start: the start state: a :class:`~lightning_ep.dynamics.NetworkState`, ``'zeros'`` (None) or
+        start: the start state: a ``NetworkState``, ``'zeros'`` (None) or
             ``'feedforward'`` (one bottom-up sweep).
         omega: the relaxation factor, in (0, 2).
         dither: the generator of dithered Sigma-Delta rounding (the sweep's too).
@@ -181,22 +181,24 @@ def free_phase(
     *,
     trace: StepRecorder | None = None,
 ) -> Relaxation:
-    """Relax with ``beta = 0`` from ``start`` without an autograd graph (:func:`run_free_phase` after checking the
+    """Relax with ``beta = 0`` from ``start`` without an autograd graph (``run_free_phase`` after checking the
     arguments). A batch ``x`` of the wrong shape, or with NaN/inf, raises a ValueError that names the problem.
 
     Args:
         net: the network.
-        x: the input batch.
-        t1: the most steps to run.
+        x: the input batch, ``(B, *net.input_shape)``, finite floats.
+        t1: the most steps to run (integer >= 1).
         update: ``'async'`` (odd layers, then even) or ``'sync'`` (all at once).
         dynamics: ``'explicit'`` or ``'autograd'`` (the synchronous reference: ``update='sync'``, ``omega=1``).
-        tol: stop once a step's largest state change is ``<= tol`` (None: run all ``t1`` steps).
-        start: the start state: a :class:`~lightning_ep.dynamics.NetworkState`, ``'zeros'`` (None, the default)
+        tol: stop once a step's largest state change is ``<= tol``, in state units (>= 0; None: run all ``t1``
+            steps).
+        start: the start state: a ``NetworkState``, ``'zeros'`` (None, the default)
             or ``'feedforward'`` (one bottom-up sweep, a warm start).
         omega: the relaxation factor, in (0, 2) (over-relaxation above 1).
         dither: the generator of dithered Sigma-Delta rounding (None: round to nearest).
-        average_last: also return the states averaged over the last that many steps (``Relaxation.mean_s``).
-        trace: a :class:`~lightning_ep.dynamics.StepRecorder` (e.g. ``lightning_ep.neuromorphic.StepTrace``) given
+        average_last: also return the states averaged over the last that many steps (``Relaxation.mean_s``; an
+            integer in [0, t1], > 0 only with ``tol=None``).
+        trace: a ``StepRecorder`` (e.g. ``lightning_ep.neuromorphic.StepTrace``) given
             every step, and the feed-forward sweep.
     """
     check_steps("t1", t1)

@@ -30,7 +30,7 @@ def pool(u: Tensor, kind: PoolingKind, size: int) -> tuple[Tensor, Tensor | None
 
 
 def pool_adjoint(v: Tensor, kind: PoolingKind, size: int, indices: Tensor | None, out_hw: tuple[int, int]) -> Tensor:
-    """The adjoint of :func:`pool` at the forward point for max pooling (max-unpooling at the forward indices) and
+    """The adjoint of ``pool`` at the forward point for max pooling (max-unpooling at the forward indices) and
     no pooling. ``out_hw`` is the unpooled height, width. Average pooling's adjoint (nearest-neighbour upsampling
     / size²) is the strided transpose of the folded convolution in ``SpikingConv2d``."""
     if kind == "none":

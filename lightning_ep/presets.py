@@ -19,3 +19,5 @@ PRESETS: dict[str, dict[str, Any]] = {
         "curvature": None,
     },
 }
+"""The presets by name: each maps ``EPLightningModule`` argument names to their values (missing groups keep their
+defaults). ``'paper'`` is empty (the defaults); ``'demo'`` is the CPU demo setting."""

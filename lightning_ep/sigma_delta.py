@@ -41,11 +41,15 @@ class SigmaDelta(nn.Module):
     """Sigma-Delta encoder/decoder pair for one layer's signal.
 
     Args:
-        threshold: spike size; 0 disables spiking (receivers then see the exact state).
+        threshold: spike size, in units of the state (finite, >= 0; default 0); 0 disables spiking (receivers then
+            see the exact state).
         graded: emit the whole rounded change ``round((s - r) / threshold)`` as one graded spike a step
             (``|s - r| <= threshold / 2`` after every step); otherwise at most one signed spike a step.
         spike_grad: snnTorch surrogate for the spike nonlinearity in BPTT (default ``snntorch.surrogate.atan()``);
             graded spikes use the straight-through estimator.
+
+    Raises:
+        ValueError: a negative, NaN or infinite ``threshold``.
     """
 
     def __init__(self, threshold: float = 0.0, graded: bool = True, spike_grad: SpikeFunction | None = None) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor
 from lightning_ep.network import ConvergentNetwork
 
 CURVATURE_SAMPLES = 8  # training samples a batch whose free state's curvature is penalised (curvature_bound)
+"""Training samples per batch (the first ones) whose free state's curvature the curvature penalty measures."""
 
 
 def _coupling(net: ConvergentNetwork, v: Sequence[Tensor], offsets: Sequence[Tensor | None]) -> list[Tensor]:
@@ -106,7 +107,23 @@ def active_eigenpair(
 def active_coupling_eigenvalue(
     net: ConvergentNetwork, states: Sequence[Tensor], iters: int = 100, generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Per sample, the largest eigenvalue of the coupling over the active units (see :func:`active_eigenpair`)."""
+    """Per sample, the largest eigenvalue of the coupling over the active units (see ``active_eigenpair``).
+
+    Below 1 the state is a strict local minimum of the energy over its active units (``0 < s < 1``); at or above 1,
+    not. Needs average pooling or none.
+
+    Args:
+        net: the network (average pooling or none).
+        states: a state of the network, one ``(B, *shape)`` tensor per layer (e.g. a free phase's ``state.s``).
+        iters: power-iteration rounds (integer >= 1; default 100); fewer rounds estimate the eigenvalue from below.
+        generator: draws the random start on the states' device (None: start from ones on the active units).
+
+    Returns:
+        Per sample, the eigenvalue (dimensionless, >= 0; 0 for a sample with no active unit), shape ``(B,)``.
+
+    Raises:
+        ValueError: max pooling, or ``iters < 1``.
+    """
     return active_eigenpair(net, states, iters, generator).values
 
 
@@ -127,10 +144,22 @@ def curvature_penalty(
 ) -> tuple[Tensor, Tensor]:
     """A penalty on the samples whose largest active eigenvalue exceeds ``bound``: its value is the mean over the
     samples of ``max(0, eigenvalue - bound)`` and its gradient in the weights that of the eigenvalues above the bound
-    (through :func:`coupling_quadratic_form` at their eigenvectors), which lowers the coupling along those
+    (through ``coupling_quadratic_form`` at their eigenvectors), which lowers the coupling along those
     directions only. ``iters`` power-iteration rounds (as ``CurvatureConfig(iters=...)``; few rounds
     estimate the eigenvalue from below, so the penalty then acts on fewer samples). Returns the penalty and the
-    eigenvalues (detached)."""
+    eigenvalues (detached).
+
+    Args:
+        net: the network (average pooling or none).
+        states: a state of the network, one ``(B, *shape)`` tensor per layer (detached here).
+        bound: the eigenvalue above which a sample is penalised (dimensionless, > 0; below 1 keeps the state a
+            strict local minimum, e.g. ``CurvatureConfig(bound=0.9)``).
+        iters: power-iteration rounds (integer >= 1; default 30).
+        generator: draws the random start on the states' device (None: start from ones on the active units).
+
+    Raises:
+        ValueError: max pooling, or ``iters < 1``.
+    """
     pair = active_eigenpair(net, [s.detach() for s in states], iters, generator)
     above = (pair.values > bound).to(pair.values.dtype)
     form = coupling_quadratic_form(net, pair.vectors)

@@ -8,7 +8,7 @@ steps (its conv drive is the same at every step, so it is computed once); the lo
 steps) or ``mse_count_loss``; the prediction is the class with the most output spikes (``accuracy_rate``).
 
 The neuron state is explicit: every ``snn.Leaky`` runs with ``init_hidden=False`` and its membrane is carried by
-:meth:`SnnTorchCSNN.simulate` from a zero tensor for each batch, never through snnTorch's instance registry or
+``SnnTorchCSNN.simulate`` from a zero tensor for each batch, never through snnTorch's instance registry or
 ``utils.reset``. (``snn.Leaky`` keeps a copy of the last membrane in its ``mem`` buffer even so; ``simulate`` empties
 it afterwards, so no batch or autograd graph outlives the call.)
 """
@@ -41,9 +41,13 @@ SURROGATES: dict[str, tuple[Callable[..., Callable[[Tensor], Tensor]], str | Non
     "atan": (snn_surrogate.atan, "alpha"),
     "straight_through": (snn_surrogate.straight_through_estimator, None),
 }
+"""snnTorch's surrogate gradients by name: the factory and the name of its one parameter (None: it takes none)."""
 LOSSES: tuple[str, ...] = ("ce_rate", "mse_count")
+"""The baseline's losses: cross-entropy of the spike rates, or MSE of the spike counts against target rates."""
 POOL_SIZE = 2  # as EPLightningModule's conv layers (and snnTorch's tutorial)
+"""The side of the baseline's pooling window (average or max) after each conv layer, in pixels."""
 MSE_COUNT_RATES = (0.8, 0.2)  # mse_count_loss targets: the correct class fires 80 % of the steps, the others 20 %
+"""The ``mse_count`` loss's target firing rates (fraction of steps) of the correct class and of the others."""
 
 
 class SnnTorchSurrogate:

@@ -57,7 +57,7 @@ def csnn_predictions_per_step(run: CSNNRun) -> Tensor:
 
 def csnn_cost(module: SnnTorchCSNN, run: CSNNRun) -> NeuromorphicCost:
     """The exact cost of one presentation (``module.simulate(x)``), per spiking layer and summed over the batch,
-    with each sample's latency, as the convergent network's :class:`~lightning_ep.neuromorphic.NeuromorphicCost`
+    with each sample's latency, as the convergent network's ``NeuromorphicCost``
     (unit spikes: events = spikes; no read-out)."""
     steps, samples = run.output_spikes.shape[:2]
     fan_outs = csnn_fan_out(module)

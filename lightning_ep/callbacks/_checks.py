@@ -20,7 +20,7 @@ def check_t1(t1: int | None, name: str = "bptt_t1") -> int | None:
 
 
 def check_ep_module(callback: str, pl_module: pl.LightningModule, stage: str, needs_ep: bool) -> EPLightningModule:
-    """The module as an :class:`EPLightningModule`; with ``needs_ep``, one trained by EP (at fit)."""
+    """The module as an ``EPLightningModule``; with ``needs_ep``, one trained by EP (at fit)."""
     if not isinstance(pl_module, EPLightningModule):
         raise TypeError(
             f"{callback} needs a lightning_ep.module.EPLightningModule (it reads the EP phases, the network "

@@ -38,7 +38,7 @@ def route_statistics(net: ConvergentNetwork, x: Tensor, state: NetworkState) -> 
     forward route's max-pooling indices), computed from what the layers transmit (``state.r``).
 
     Returns a float64 tensor (conv layers, len(QUANTITIES), 3) of [count, sum, sum of squares] for each quantity,
-    so that statistics of several ranks add up (see :func:`mean_and_std`)."""
+    so that statistics of several ranks add up (see ``mean_and_std``)."""
     rows = []
     for i in conv_layers(net):
         block = net.blocks[i]
@@ -98,8 +98,15 @@ class ActivationDiagnostics(Callback):
     With ``plot`` and ``raster`` (default) and a spiking network: ``activations/raster``, the spike raster and
     per-layer spike rates of the batch's first sample through the free phase and the nudged phases the step ran
     (re-run for that sample with a trace, the explicit dynamics and the step's weights; drawn with
-    ``snntorch.spikeplot.raster`` where it imports, see :func:`spike_raster_figure`; up to ``raster_neurons``
+    ``snntorch.spikeplot.raster`` where it imports, see ``spike_raster_figure``; up to ``raster_neurons``
     neurons per layer).
+
+    Args:
+        every_n_steps: measure every this many optimizer steps (integer >= 1; default 100); steps 0, n, 2n, ...
+        plot: also log the bar charts ``activations/plot`` (rank 0).
+        raster: with ``plot`` and a spiking network, also log the spike raster ``activations/raster`` (re-runs the
+            phases of one sample with a trace).
+        raster_neurons: neurons drawn per layer in the raster (integer >= 1; default 200).
 
     Raises:
         ValueError: ``every_n_steps < 1``; at fit, a module trained with ``method='bptt'`` or without conv layers.

@@ -128,6 +128,15 @@ class GradientAlignment(Callback):
     tensor) and ``alignment/table`` (this measurement, a row per tensor); see ``lightning_ep.callbacks._logging``
     for where they go with each logger. ``history`` keeps every measurement.
 
+    Args:
+        every_n_steps: measure every this many optimizer steps (integer >= 1; default 100); steps 0, n, 2n, ...
+        bptt_t1: free steps of the BPTT reference (integer >= 1), or None (default) for the module's ``t1``.
+        plot: also log the figure ``alignment/plot`` and the table ``alignment/table`` at every measurement (rank 0).
+        held_out: measure both gradients on the first this many validation samples (integer >= 1) instead of the
+            training batch; None (default) uses the training step's own batch and gradient.
+        bptt_spiking: take the BPTT gradient of the spiking network (True, default) or of the same network without
+            spikes (False: threshold 0 for the reference only).
+
     Raises:
         ValueError: ``every_n_steps < 1`` or ``bptt_t1 < 1``; at fit, a module trained with ``method='bptt'``, or
             one with ``accumulate_grad_batches > 1`` without ``held_out``.

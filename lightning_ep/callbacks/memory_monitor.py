@@ -84,6 +84,12 @@ class MemoryMonitor(Callback):
     (saved-bytes ratio), and on CUDA ``memory/bptt_peak_bytes``, ``memory/ep_over_bptt_peak``. With ``plot``, at the
     end of training: ``memory/plot``, a bar chart of the last measurement. ``last`` holds it as a dict.
 
+    Args:
+        every_n_steps: measure every this many optimizer steps (integer >= 1; default 500); steps 0, n, 2n, ...
+        compare_bptt: also measure one BPTT loss of the same network on the same batch (modules trained by EP only).
+        bptt_t1: free steps of that BPTT loss (integer >= 1), or None (default) for the module's ``t1``.
+        plot: log the bar chart ``memory/plot`` of the last measurement at the end of training (rank 0).
+
     Raises:
         ValueError: ``every_n_steps < 1`` or ``bptt_t1 < 1``; at fit, ``compare_bptt`` with ``method='bptt'``.
         TypeError: at setup, a module that is not an ``EPLightningModule``.

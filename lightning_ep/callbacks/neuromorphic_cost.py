@@ -29,6 +29,7 @@ RasterFunction = Callable[..., Any]
 RASTER_DOT = 8.0  # dot area (points^2) of one spike in the raster
 #: Sums over the samples re-run with a trace: their number, latency, exact SynOps, events and event SynOps.
 TRACED = ("samples", "latency", "synops_exact", "events", "event_synops")
+"""The sums kept from the traced re-runs: samples re-run, then the per-sample quantities summed over them."""
 
 
 def _publish(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
@@ -122,7 +123,7 @@ class NeuromorphicCostMonitor(Callback):
       ranks at the end of the epoch.
 
     Latency needs the prediction after every step, which the module does not keep: this callback re-runs the free
-    phase with a :class:`~lightning_ep.neuromorphic.StepTrace` on the first ``traced_samples`` samples of each
+    phase with a ``StepTrace`` on the first ``traced_samples`` samples of each
     measured training batch (before the step, with its weights) and of each validation/test epoch on each rank (0:
     no re-runs, no latency). The re-run also gives the exact SynOps (``synops_exact``: each neuron's spikes times its
     own fan-out); the per-batch ``synops`` of conv layers use the layer's mean fan-out (border neurons reach fewer
@@ -135,6 +136,12 @@ class NeuromorphicCostMonitor(Callback):
     ``…/events`` and ``…/event_synops`` (graded spikes as one message each; training: ``…_free``, the free
     phase's). Training also logs ``train/cost/synops_<phase>`` for ``free``, ``positive``, ``negative`` (the phases
     it ran; ``free`` is the cost of an inference). ``last`` holds the latest metrics of each stage.
+
+    Args:
+        every_n_steps: measure the training step every this many optimizer steps (integer >= 1; default 50);
+            validation and test are measured on every batch.
+        traced_samples: samples re-run with a trace per measured training batch and per validation/test epoch and
+            rank (integer >= 0; default 64; 0: no re-runs, so no latency and no exact SynOps).
 
     Raises:
         ValueError: ``every_n_steps < 1`` or ``traced_samples < 0``.

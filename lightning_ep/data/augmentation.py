@@ -106,7 +106,7 @@ class IndexedDataset(Dataset):
 
 
 class AugmentedDataLoader(ResumableDataLoader):
-    """A :class:`ResumableDataLoader` over an :class:`IndexedDataset` that yields ``(augment(images), labels)``,
+    """A ``ResumableDataLoader`` over an ``IndexedDataset`` that yields ``(augment(images), labels)``,
     augmenting each batch for the epoch its sampler was set to (0 for a sampler without epochs). Batches skipped to
     continue a cut epoch are not augmented; the others are exactly those of the uninterrupted pass.
     """

@@ -25,6 +25,7 @@ DATASETS: dict[str, DatasetInfo] = {
         "fashion_mnist", "FashionMNIST", ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
     ),
 }
+"""The datasets this package loads, by name: their file names and download mirrors (tried in order)."""
 
 
 class DataNotFoundError(FileNotFoundError):

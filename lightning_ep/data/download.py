@@ -10,6 +10,7 @@ from .catalog import DataNotFoundError, DatasetInfo
 from .checksums import ChecksumError, check_digests, file_digest, known_digests
 
 DOWNLOAD_TIMEOUT_S = 60.0
+"""Seconds a download waits for the server (per connection and read) before trying the next mirror."""
 
 
 def download_file(info: DatasetInfo, name: str, dest_dir: Path) -> Path:

@@ -61,6 +61,18 @@ def load_split(
     """Load a split as ``(float32 images N x 1 x 28 x 28 in [0, 1], int64 labels N)``.
 
     See ``sources.locate`` for the search order; nothing is downloaded unless ``download``.
+
+    Args:
+        dataset: ``'mnist'`` or ``'fashion_mnist'``.
+        train: the training split (60000 samples) if True, else the test split (10000).
+        data_dir: a directory searched first (the IDX files in it or in ``<dataset>/raw``); None: the standard
+            places only.
+        download: download the split into the cache when no source holds it (default False).
+        verify_checksums: check the files against their known digests (default True).
+
+    Raises:
+        DataNotFoundError: no source holds the split (the message lists where to put it).
+        ChecksumError: a found file is corrupt.
     """
     source = locate(dataset, train, data_dir, download, verify_checksums)
     images, labels = load_source(source, train)

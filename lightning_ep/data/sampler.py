@@ -3,9 +3,9 @@ epoch where a checkpoint left it, and the callback that makes Lightning continue
 
 Why the callback: when training stops in the middle of an epoch (``max_time``, ``max_steps``, ``trainer.should_stop``),
 Lightning still closes the epoch (its progress says "processed"), so a checkpoint written at that point resumes at the
-*next* epoch and the rest of the cut epoch is skipped without a word. :class:`MidEpochResume` reopens such an epoch
+*next* epoch and the rest of the cut epoch is skipped without a word. ``MidEpochResume`` reopens such an epoch
 when the checkpoint is loaded (the checkpoint records whether the epoch's last batch was reached), and tells every
-:class:`ResumableDataLoader` how many batches of it were already trained; a loader that cannot skip them gets a
+``ResumableDataLoader`` how many batches of it were already trained; a loader that cannot skip them gets a
 warning that says so.
 """
 
@@ -23,7 +23,12 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class EpochSeededSampler(Sampler[int]):
-    """Random permutation of ``range(n)`` drawn from ``seed + epoch``; Lightning calls ``set_epoch`` each epoch."""
+    """Random permutation of ``range(n)`` drawn from ``seed + epoch``; Lightning calls ``set_epoch`` each epoch.
+
+    Args:
+        n: the dataset's length, in samples (integer >= 0).
+        seed: the base seed (integer; ``seed + epoch`` seeds each epoch's permutation; default 0).
+    """
 
     def __init__(self, n: int, seed: int = 0) -> None:
         self.n = n
@@ -62,9 +67,9 @@ class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` that can continue an epoch from a checkpoint (Lightning's ``state_dict`` protocol).
 
     Its state is the epoch of the current pass and the batches it has yielded in it. After ``load_state_dict`` (or
-    :meth:`resume_at`), the next pass of that same epoch skips the batches already trained (read and dropped) and
+    ``resume_at``), the next pass of that same epoch skips the batches already trained (read and dropped) and
     yields the rest, in the same order as the uninterrupted pass: the sampler's order must depend only on its
-    epoch (:class:`EpochSeededSampler`, or ``DistributedSampler`` / Lightning's wrapper of it under DDP). A pass of
+    epoch (``EpochSeededSampler``, or ``DistributedSampler`` / Lightning's wrapper of it under DDP). A pass of
     another epoch is not affected, nor is any pass after a complete one. The underlying iterator starts at the first
     batch requested, so it sees the epoch that Lightning sets on the sampler after ``iter()``.
     """
@@ -142,7 +147,7 @@ class MidEpochResume(Callback):
     On loading a checkpoint whose epoch ended before its last batch (``max_time``, ``max_steps``,
     ``trainer.should_stop``), reopens that epoch in the checkpoint's loop progress so Lightning continues it (and
     after an epoch that did end, lets a resume with ``max_steps`` start the next one at its first batch). When
-    Lightning restarts mid-epoch, tells each :class:`ResumableDataLoader` of the training data how many batches of the
+    Lightning restarts mid-epoch, tells each ``ResumableDataLoader`` of the training data how many batches of the
     epoch were already trained (Lightning itself does not restore a loader built before the checkpoint's loops, as
     ``estimated_stepping_batches`` does). A loader that cannot skip them gets a warning saying what will happen
     instead and what to do.

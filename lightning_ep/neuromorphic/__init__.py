@@ -2,8 +2,8 @@
 the multiply-accumulates (MACs) of the same network run dense, and the latency until the answer is stable.
 
 Pure functions (the callback that logs them is ``lightning_ep.callbacks.NeuromorphicCostMonitor``), one concept a
-module: ``synapses`` (fan-outs, synapse and MAC counts), ``cost`` (the :class:`NeuromorphicCost` record, the cost of a
-phase and of a training step), ``trace`` (:class:`StepTrace`, the exact cost of a trace, the traced phases) and
+module: ``synapses`` (fan-outs, synapse and MAC counts), ``cost`` (the ``NeuromorphicCost`` record, the cost of a
+phase and of a training step), ``trace`` (``StepTrace``, the exact cost of a trace, the traced phases) and
 ``latency`` (steps until the answer is stable). Every name is importable from ``lightning_ep.neuromorphic``.
 
 **Spikes.** A layer's Sigma-Delta neuron sends the signed count ``q = round((s - r) / threshold)`` a step; a graded
@@ -37,8 +37,8 @@ drives. A non-spiking layer sends its value on every synapse every step: its Syn
 reference ``dynamics='autograd'`` also recomputes the input drive every step; the counts describe the explicit
 engine.) The weight update of a training step is not counted.
 
-**Exactness.** From a :class:`StepTrace` (``relax(..., trace=...)``), SynOps weigh each neuron's spikes with its own
-fan-out (exact). From a :class:`~lightning_ep.dynamics.Relaxation` alone (per-layer totals), SynOps use each layer's
+**Exactness.** From a ``StepTrace`` (``relax(..., trace=...)``), SynOps weigh each neuron's spikes with its own
+fan-out (exact). From a ``Relaxation`` alone (per-layer totals), SynOps use each layer's
 mean fan-out: exact for dense layers and in-bound-everywhere fan-outs, an estimate for conv layers, whose border
 neurons reach fewer outputs than interior ones (``NeuromorphicCost.synops_exact`` says which).
 

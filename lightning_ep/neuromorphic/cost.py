@@ -1,5 +1,5 @@
-"""The cost record of one or more phases (:class:`NeuromorphicCost`) and the cost of a phase or a training step from
-the per-layer spike totals of a :class:`~lightning_ep.dynamics.Relaxation`."""
+"""The cost record of one or more phases (``NeuromorphicCost``) and the cost of a phase or a training step from
+the per-layer spike totals of a ``Relaxation``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,24 @@ class NeuromorphicCost:
     """The cost of one or more phases on a batch of ``samples``: per state layer (input side first), summed over the
     samples. ``synops_exact``: False when conv SynOps were estimated with the layer's mean fan-out (from
     ``Relaxation`` totals). ``latency``: per sample, in steps; ``events`` and ``event_synops`` per layer (both from a
-    trace only; the free phase's latency for a training step)."""
+    trace only; the free phase's latency for a training step).
+
+    Args:
+        samples: samples of the batch (integer >= 0).
+        steps: dynamics steps of the phases together (integer >= 0; the feed-forward sweep not counted).
+        spikes: per state layer, the spikes sent, summed over the samples (>= 0; a graded spike of ``k``
+            thresholds counts ``k``).
+        synops: per state layer, synaptic operations: each spike times its fan-out, forward and feedback (>= 0).
+        dense_macs: per state layer, the multiply-accumulates of the same network run dense for the same steps
+            (>= 0).
+        input_macs: MACs of the drive from the input image (>= 0; 0 for a nudged phase, which shares the free
+            phase's).
+        readout_macs: MACs of the ce read-out (>= 0; 0 with the mse output).
+        synops_exact: whether ``synops`` weigh each neuron's spikes by its own fan-out (False: by the layer's mean).
+        latency: per sample, the steps until the prediction stops changing (integers in [1, steps]), or None.
+        events: per state layer, messages sent (a graded spike is one event), or None without a trace.
+        event_synops: per state layer, events times fan-out, or None without a trace.
+    """
 
     samples: int
     steps: int
@@ -105,7 +122,14 @@ def phase_cost(
     feed-forward sweep (its spikes are in ``phase.spikes``; its MACs count). ``nudged``: a +-beta phase (no input
     drive of its own: it shares the free phase's; the ce read-out runs every step). Conv SynOps use the layer's
     mean fan-out (see the package docstring); exact per-neuron counts need a trace
-    (:func:`~lightning_ep.neuromorphic.trace.trace_cost`)."""
+    (``trace_cost``).
+
+    Args:
+        net: the network the phase ran on.
+        phase: the phase (a ``Relaxation``, with its per-layer spike totals).
+        feedforward_start: the phase started from the feed-forward sweep (count the sweep's MACs).
+        nudged: a nudged phase (no input MACs; the ce read-out runs every step).
+    """
     samples = phase.state.s[0].shape[0]
     dense = phase_dense_macs(net, samples, phase.steps, feedforward_start and not nudged)
     n_layers = len(net.blocks)
@@ -124,6 +148,12 @@ def phase_cost(
 
 def training_step_cost(net: ConvergentNetwork, result: EPResult, feedforward_start: bool = False) -> NeuromorphicCost:
     """A training step's cost: its free phase and the nudged phases it ran (``result.phases``), one input drive.
-    The weight update (the surrogate's gradient) is not counted."""
+    The weight update (the surrogate's gradient) is not counted.
+
+    Args:
+        net: the network the step ran on.
+        result: the step's ``EPResult`` (its ``phases``).
+        feedforward_start: the free phase started from the feed-forward sweep (count the sweep).
+    """
     return combine([phase_cost(net, phase, feedforward_start and name == "free", nudged=name != "free")
                     for name, phase in result.phases.items()])

@@ -1,5 +1,5 @@
 """Latency: the first step after which the prediction no longer changes, and the accuracy of inference cut after a
-number of steps, from the per-step predictions of a :class:`~lightning_ep.neuromorphic.trace.StepTrace`."""
+number of steps, from the per-step predictions of a ``StepTrace``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,18 @@ if TYPE_CHECKING:
 
 def latency_steps(predictions: Tensor) -> Tensor:
     """Per sample (column of a (steps, batch) tensor of predictions), the first step (1-based) from which the
-    prediction equals the last one at every later step: 1 if it never changed, ``steps`` if it changed last step."""
+    prediction equals the last one at every later step: 1 if it never changed, ``steps`` if it changed last step.
+
+    Args:
+        predictions: the predicted class of each sample after each step, shape ``(steps, batch)`` with
+            ``steps >= 1`` (e.g. ``StepTrace.predictions_per_step()``).
+
+    Returns:
+        Per sample, the latency in steps (int64, in [1, steps]).
+
+    Raises:
+        ValueError: ``predictions`` not of shape ``(steps >= 1, batch)``.
+    """
     if predictions.dim() != 2 or predictions.shape[0] < 1:
         raise ValueError(f"predictions must be (steps >= 1, batch), got shape {tuple(predictions.shape)}")
     changed = predictions != predictions[-1]

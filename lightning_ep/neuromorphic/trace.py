@@ -1,5 +1,5 @@
-"""Per-step traces: :class:`StepTrace` records a relaxation step by step (exact per-neuron SynOps, the prediction after
-every step, spike rasters), :func:`trace_cost` turns it into a :class:`~lightning_ep.neuromorphic.cost.NeuromorphicCost`
+"""Per-step traces: ``StepTrace`` records a relaxation step by step (exact per-neuron SynOps, the prediction after
+every step, spike rasters), ``trace_cost`` turns it into a ``NeuromorphicCost``
 with latency, and the traced runners run a free or nudged phase with one on."""
 
 from __future__ import annotations
@@ -20,16 +20,25 @@ if TYPE_CHECKING:
     from lightning_ep.network import ConvergentNetwork
 
 COUNTS = ("spikes", "synops", "events", "event_synops")
+"""The per-sample, per-layer quantities a ``StepTrace`` counts each step, in the order of its ``counts`` last axis."""
 
 
 class StepTrace:
-    """Records a relaxation step by step: ``relax(..., trace=StepTrace())`` (or :func:`traced_free_phase`).
+    """Records a relaxation step by step: ``relax(..., trace=StepTrace())`` (or ``traced_free_phase``).
 
     Per step: each sample's spikes, SynOps, events and event SynOps per layer (float64, exact per-neuron fan-outs),
     the prediction (argmax of ``net.logits``) and, for the first ``raster_samples`` samples, every neuron's signed
     spike count. ``start``: the same for the feed-forward sweep, when the phase started from it (set by the free
-    phase: :func:`traced_free_phase`, or ``free_phase(..., trace=...)``).
-    Tensors stay on the network's device; the trace keeps no reference to the network's states."""
+    phase: ``traced_free_phase``, or ``free_phase(..., trace=...)``).
+    Tensors stay on the network's device; the trace keeps no reference to the network's states.
+
+    Args:
+        raster_samples: keep every neuron's signed spike counts of this many first samples (integer >= 0;
+            default 0: no raster).
+
+    Raises:
+        ValueError: ``raster_samples`` not an integer >= 0.
+    """
 
     def __init__(self, raster_samples: int = 0) -> None:
         if isinstance(raster_samples, bool) or not isinstance(raster_samples, int) or raster_samples < 0:
@@ -51,7 +60,7 @@ class StepTrace:
         return self.start is not None
 
     def record_step(self, net: ConvergentNetwork, s: Sequence[Tensor], sent: Sequence[Tensor | None]) -> None:
-        """Called by :func:`~lightning_ep.dynamics.relax` at the end of every step."""
+        """Called by ``relax`` at the end of every step."""
         counts, raster = self._count(net, s[0].shape[0], sent)
         self.counts.append(counts)
         self.raster.append(raster)
@@ -110,7 +119,17 @@ def trace_cost(
 ) -> NeuromorphicCost:
     """The exact cost of a traced phase, cut after ``steps`` steps (default all; a phase that stopped earlier, by
     ``tol``, holds its state: its steps run count), with each sample's latency within them. ``nudged``: as in
-    :func:`~lightning_ep.neuromorphic.cost.phase_cost`."""
+    ``phase_cost``.
+
+    Args:
+        net: the network the traced phase ran on.
+        trace: the ``StepTrace`` of the phase (at least one step recorded).
+        steps: count the first this many steps only (integer >= 1), or None (default) for all.
+        nudged: a nudged phase (no input MACs; the ce read-out runs every step).
+
+    Raises:
+        ValueError: an empty trace or ``steps < 1``.
+    """
     if trace.steps < 1:
         raise ValueError("the trace holds no step: pass it to relax(..., trace=...) first")
     if steps is not None and steps < 1:
@@ -141,7 +160,7 @@ def traced_free_phase(
     omega: float = 1.0,
     raster_samples: int = 0,
 ) -> tuple[Relaxation, StepTrace]:
-    """:func:`~lightning_ep.phases.free_phase` (explicit dynamics) with a :class:`StepTrace` on: the same state,
+    """``free_phase`` (explicit dynamics) with a ``StepTrace`` on: the same state,
     steps and spike totals; a feed-forward sweep is recorded as the trace's ``start``.
 
     Args:
@@ -152,7 +171,7 @@ def traced_free_phase(
         tol: stop once a step's largest state change is ``<= tol`` (None: run all steps).
         start: the start state: a state, ``'zeros'`` (None) or ``'feedforward'`` (a sweep).
         omega: the relaxation factor, in (0, 2).
-        raster_samples: keep every neuron's spikes of this many first samples (:meth:`StepTrace.raster_of`).
+        raster_samples: keep every neuron's spikes of this many first samples (``StepTrace.raster_of``).
     """
     trace = StepTrace(raster_samples)
     return free_phase(net, x, steps, update, "explicit", tol, start, omega, trace=trace), trace
@@ -183,7 +202,7 @@ def traced_nudged_phase(
         update: ``'async'`` (odd layers, then even) or ``'sync'`` (all at once).
         tol: stop once a step's largest state change is ``<= tol`` (None: run all steps).
         omega: the relaxation factor, in (0, 2).
-        raster_samples: keep every neuron's spikes of this many first samples (:meth:`StepTrace.raster_of`).
+        raster_samples: keep every neuron's spikes of this many first samples (``StepTrace.raster_of``).
     """
     net.check_input(x, y)
     trace = StepTrace(raster_samples)
