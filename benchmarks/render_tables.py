@@ -32,9 +32,10 @@ import statistics
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import zip_longest
 from pathlib import Path
 from typing import Any
+
+from plot_training import command_value
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -201,14 +202,7 @@ UNKNOWN = Unknown()
 
 def flag_value(record: Record, flags: Iterable[str]) -> str | None:
     """The value the record's command gives the first of ``flags`` it uses (``--flag value`` or ``--flag=value``)."""
-    tokens = shlex.split(record.get("command", ""))
-    for flag in flags:
-        for token, following in zip_longest(tokens, tokens[1:]):
-            if token == flag:
-                return following
-            if token.startswith(f"{flag}="):
-                return token.removeprefix(f"{flag}=")
-    return None
+    return next((value for flag in flags if (value := command_value(record, flag)) is not None), None)
 
 
 def parse_value(text: str) -> Any:
@@ -257,9 +251,8 @@ FLAT_TO_GROUP = {  # the module's flat arguments of older records, by today's gr
 def todays_flags(command: str) -> str:
     """An older record's command in today's flag names (``--model.t1`` is ``--model.phases.t1``, a null curvature
     bound ``--model.curvature null``, ...): the same run, in a command that parses today."""
-    command = re.sub(r"--model\.optimizer[ =]torch\.optim\.AdamW --model\.optimizer\.lr[ =]0\.001 "
-                     r"--model\.optimizer\.weight_decay([ =])",
-                     r"--model.optim.optimizer adamw --model.optim.weight_decay\1", command)
+    command = re.sub(r"--model\.optimizer([ =])", r"--model.optim.optimizer\1", command)
+    command = re.sub(r"--model\.optimizer\.(lr|weight_decay|momentum)\b", r"--model.optim.\1", command)
     command = re.sub(r"--model\.curvature_bound([ =])null", r"--model.curvature\1null", command)
     command = re.sub(r"--model\.curvature_(bound|iters|weight)\b", r"--model.curvature.\1", command)
     command = re.sub(r"--model\.bptt_(objective|truncate)\b", r"--model.bptt.\1", command)

@@ -124,7 +124,7 @@ def test_a_selection_must_name_one_setting(tmp_path: Path) -> None:
 
 def test_settings_of_older_records() -> None:
     """A setting an older record lacks is read from its command's flag of the day, else the unchanged default,
-    else 'not recorded'; the commands shown drop the flags that change nothing."""
+    else 'not recorded'; the commands shown drop the flags that change nothing and use today's flag names."""
     old = {"dataset": "fashion_mnist", "method": "bptt", "complete": True, "hardware": HARDWARE,
            "command": "python benchmarks/training.py fmnist --model.optimizer torch.optim.AdamW "
                       "--model.optimizer.weight_decay 0.05 --model.bptt_truncate 8 --trainer.max_time 00:01:00:00 "
@@ -139,8 +139,12 @@ def test_settings_of_older_records() -> None:
     assert rt.method_label(old) == "BPTT of the free loss, last 8 of T1 steps"
     assert rt.describe(old, ("optimizer", "start", "omega")) == "AdamW, weight decay 0.05, not recorded: start, ω"
     assert rt.shown_command(old, drop_seed=True) == (
-        "python benchmarks/training.py fmnist --model.optimizer torch.optim.AdamW --model.optimizer.weight_decay "
-        "0.05 --model.bptt_truncate 8")
+        "python benchmarks/training.py fmnist --model.optim.optimizer torch.optim.AdamW --model.optim.weight_decay "
+        "0.05 --model.bptt.truncate 8")  # in today's flag names
+    assert rt.todays_flags("x --model.t1=12 --model.curvature_bound null --model.curvature_iters 10 --model.lr 1e-3 "
+                           "--model.method bptt --model.num_steps 5") == (
+        "x --model.phases.t1=12 --model.curvature null --model.curvature.iters 10 --model.optim.lr 1e-3 "
+        "--model.method bptt --model.num_steps 5")
     assert rt.setting({**old, "command": "python benchmarks/training.py fmnist --model.method bptt"},
                       "bptt_objective") is rt.UNKNOWN  # the default objective changed: never assumed
     assert rt.setting({**old, "command": "x --model.curvature null", "method": "ep"}, "curvature_bound") is None
