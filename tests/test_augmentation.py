@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers.stop_at import StopAt
 from lightning.fabric.utilities.data import _replace_dunder_methods
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -257,13 +258,6 @@ class Record(Callback):
         self.seen.append((trainer.current_epoch, batch_idx, batch[0].clone(), batch[1].clone()))
 
 
-class StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
 
 
 class Linear(LightningModule):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PatternDataModule, settings
+from helpers.stop_at import StopAt
 from lightning.fabric.utilities.data import _replace_dunder_methods
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
@@ -37,15 +38,6 @@ class Record(Callback):
         self.seen.append((trainer.current_epoch, batch_idx, tuple(batch[1].tolist())))
 
 
-class StopAt(Callback):
-    """Ask the trainer to stop after global step ``step`` (what EarlyStopping or a Timer do)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
 
 
 class Tick(Callback):
