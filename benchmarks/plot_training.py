@@ -96,7 +96,7 @@ def save(fig: plt.Figure, out: Path) -> Path:
 
 
 def plot(records: list[dict], out: Path) -> Path:
-    with_curves = [r for r in records if r.get("curve")]
+    with_curves = [r for r in records if r.get("curve") and r["method"] != "csnn"]  # EP and BPTT of EP's network
     datasets = [d for d in PAPER_ERROR if any(r["dataset"] == d for r in with_curves)]
     if not datasets:
         raise SystemExit("no run in training.json has a curve: record one with benchmarks/training.py first")

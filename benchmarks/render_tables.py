@@ -176,16 +176,20 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "average_last": ("--model.ep.average_last", "--model.average_last"),
     "accelerator": ("--trainer.accelerator",),
     "seed": ("--seed_everything",),
+    "shift": ("--data.shift",),
+    "hflip": ("--data.hflip",),
 }
 #: The value of a setting that neither the record nor its command states: the module's default, unchanged since
 #: the first record (the curvature bound did not exist before its field; the CLI's seed default is 0).
 DEFAULTS: dict[str, Any] = {"optimizer": "adam", "weight_decay": 0.0, "dither": False, "average_last": 0,
-                            "bptt_truncate": None, "curvature_bound": None, "accelerator": "cpu", "seed": 0}
+                            "bptt_truncate": None, "curvature_bound": None, "accelerator": "cpu", "seed": 0,
+                            "shift": 0, "hflip": False}
 #: The settings that make two runs the same experiment (runs that share them and their command, less the seed,
 #: are seeds of one setting).
 SETTINGS = ("dataset", "method", "bptt_objective", "bptt_truncate", "threshold", "pooling", "channels", "hidden",
             "t1", "t2", "beta", "start", "omega", "loss", "curvature_bound", "curvature_iters", "optimizer",
-            "weight_decay", "dither", "average_last", "batch_size", "train_samples", "max_epochs", "accelerator")
+            "weight_decay", "dither", "average_last", "batch_size", "train_samples", "max_epochs", "accelerator",
+            "shift", "hflip")
 #: Flags that change neither the run nor its result, left out of the commands shown.
 COSMETIC = ("--note", "--trainer.enable_progress_bar", "--trainer.default_root_dir", "--ckpt_path")
 
@@ -375,6 +379,12 @@ def _dither(r: Record) -> str:
     return "dithered Sigma-Delta" + (f", energy at the last {last} nudged steps averaged" if last else "")
 
 
+def _augmentation(r: Record) -> str:
+    shift, hflip = setting(r, "shift"), setting(r, "hflip")
+    said = ([f"shifts ≤ {shift} px"] if shift else []) + (["left-right flips"] if hflip else [])
+    return " and ".join(said) if said else "no augmentation"
+
+
 def _simple(name: str, fmt: Callable[[Any], str]) -> Callable[[Record], str | None]:
     def aspect(r: Record) -> str | None:
         value = setting(r, name)
@@ -395,6 +405,7 @@ ASPECTS: dict[str, tuple[str, Callable[[Record], str | None]]] = {
     "curvature": ("curvature bound", _curvature),
     "optimizer": ("optimizer", _optimizer),
     "dither": ("dithering", _dither),
+    "augmentation": ("augmentation", _augmentation),
     "loss": ("loss", _simple("loss", lambda v: f"{v} loss")),
     "batch": ("batch", _simple("batch_size", lambda v: f"batch {v}")),
     "images": ("training images", _simple("train_samples", lambda v: f"{v:,} training images")),
@@ -437,7 +448,7 @@ def differences(run: Record, other: Record, aspects: Iterable[str] = tuple(ASPEC
 DEMO = {"dataset": "fashion_mnist", "pooling": "avg", "hidden": (256,), "start": "feedforward", "omega": 1.3,
         "t1": 12, "t2": 8, "beta": 0.2, "curvature_bound": None, "dither": False, "max_epochs": 2}
 PAPER_CONFIG = {"pooling": "avg", "hidden": (256,), "start": "zeros", "t1": 30, "t2": 10, "beta": 0.3,
-                "optimizer": "adam"}
+                "optimizer": "adam", "shift": 0, "hflip": False}
 FMNIST_PAPER = {**PAPER_CONFIG, "dataset": "fashion_mnist", "threshold": 0.01, "curvature_bound": 0.9,
                 "curvature_iters": 30, "max_epochs": 20, "train_samples": 55000}
 UNBOUNDED_FMNIST = {"dataset": "fashion_mnist", "method": "ep", "pooling": "avg", "hidden": (256,), "t1": 30,
@@ -483,7 +494,7 @@ def block_demo(results: Results) -> str:
 
 
 RUN_ASPECTS = ("pooling", "neuron", "channels", "hidden", "start", "omega", "steps", "beta", "curvature",
-               "optimizer", "dither", "loss", "batch")
+               "optimizer", "dither", "augmentation", "loss", "batch")
 
 
 def run_table(records: Sequence[Record], common: Sequence[str]) -> str:
@@ -502,7 +513,7 @@ def run_table(records: Sequence[Record], common: Sequence[str]) -> str:
 
 
 def block_training_runs(results: Results) -> str:
-    records = results["training"]
+    records = [r for r in results["training"] if r["method"] != "csnn"]  # the CSNN baselines: in block_beyond
     complete = [r for r in records if r.get("complete")]
     partial = [r for r in records if not r.get("complete")]
     common = common_aspects(complete, RUN_ASPECTS)
@@ -515,6 +526,85 @@ def block_training_runs(results: Results) -> str:
     return out
 
 
+#: The beyond-paper configurations: their recipe, run by ``benchmarks/training.py`` with only the seed changed.
+FLAGS_OF = {"fashion_mnist": "fmnist", "mnist": "mnist"}  # the dataset's first argument of training.py
+BEYOND = {name: {"method": "ep",
+                 "command": f"python benchmarks/training.py {flag} --config recipes/configs/{flag}_best.yaml"}
+          for name, flag in FLAGS_OF.items()}
+#: The paper configuration's runs with the same 5,000 validation images held out: the curves to compare with.
+PAPER_CURVES = {"fashion_mnist": {**FMNIST_PAPER, "method": "ep"},
+                "mnist": {**PAPER_CONFIG, "dataset": "mnist", "method": "ep", "threshold": 0.01,
+                          "curvature_bound": 0.9, "curvature_iters": UNKNOWN, "max_epochs": 12}}
+#: The bar of the beyond-paper work: the mean test error over three seeds to reach.
+BAR = {"fashion_mnist": 0.075, "mnist": 0.006}
+#: The baselines of the beyond-paper configuration: the same command with these flags, one seed each.
+BEYOND_BASELINES = (
+    ("BPTT of EP's objective", "python benchmarks/training.py {flag} --config recipes/configs/{flag}_best.yaml "
+                               "--model.method bptt"),
+    ("EP without spikes (θ = 0)", "python benchmarks/training.py {flag} --config recipes/configs/{flag}_best.yaml "
+                                  "--model.network.threshold 0"),
+    ("snnTorch CSNN (BPTT, surrogate gradient)",
+     "python benchmarks/training.py {flag}-csnn --config recipes/configs/{flag}_csnn_best.yaml"),
+)
+
+
+def block_beyond(results: Results) -> str:
+    rows, firsts = [], []
+    for dataset, criteria in BEYOND.items():
+        groups = runs_of(results, **criteria)
+        if not groups:
+            continue
+        runs = groups[0]
+        paper = select(results, **PAPER_CURVES[dataset])
+        per_run = " / ".join(pct(r["test_error"]).removesuffix(" %") for r in runs) + " %"
+        rows.append([DATASETS[dataset], "EP, beyond-paper config", f"**{error_of(runs)}**", seeds_of(runs),
+                     per_run, pct(BAR[dataset]), f"{max(r['wall_s'] for r in runs) / 60:.0f} min",
+                     code(shown_command(runs[0], drop_seed=True))])
+        for label, template in BEYOND_BASELINES:
+            command = template.format(flag=FLAGS_OF[dataset])
+            for group in runs_of(results, dataset=dataset, command=command):
+                rows.append([DATASETS[dataset], label, error_of(group), seeds_of(group), "–", "–",
+                             f"{max(r['wall_s'] for r in group) / 60:.0f} min", code(command)])
+        rows.append([DATASETS[dataset], "EP, paper config (same validation split)", error_of(paper),
+                     seeds_of(paper), "–", "–", f"{max(r['wall_s'] for r in paper) / 60:.0f} min",
+                     code(shown_command(paper[0], drop_seed=True))])
+        firsts.append(runs[0])
+    if not rows:
+        return "No complete run of a beyond-paper configuration is recorded yet."
+    header = ["dataset", "run", "test error", "runs", "per run", "bar (mean)", "wall time (longest)",
+              "command (seed N: add `--seed_everything N`)"]
+    said = [f"{DATASETS[r['dataset']]}: {describe(r, RUN_ASPECTS)}, {r['max_epochs']} epochs, "
+            f"{r['train_samples']:,} training images, {machine(r)}" for r in firsts]
+    return (table(header, rows, right=(2, 5, 6)) + "\n\nThe beyond-paper configurations: " + "; ".join(said)
+            + ". Test error of the last epoch's weights on the 10,000 test images, tested once; mean ± sd over "
+            "the seeds (sample standard deviation, n − 1). 5,000 training images are held out for the validation "
+            "curves in every run of this table.")
+
+
+def block_beyond_levers(results: Results) -> str:
+    rows = []
+    for dataset, criteria in BEYOND.items():
+        base_groups = runs_of(results, **criteria)
+        if not base_groups:
+            continue
+        base = base_groups[0]
+        baselines = {template.format(flag=FLAGS_OF[dataset]) for _, template in BEYOND_BASELINES}
+        prefix = criteria["command"] + " "
+        for group in runs_of(results, dataset=dataset):
+            command = shown_command(group[0], drop_seed=True)
+            if command.startswith(prefix) and command not in baselines:
+                rows.append([DATASETS[dataset], code(command.removeprefix(prefix)), error_of(group), seeds_of(group),
+                             error_of(base), points(mean_error(group) - mean_error(base)),
+                             f"{max(r['wall_s'] for r in group) / 60:.0f} min"])
+    if not rows:
+        return "No full-length lever run of a beyond-paper configuration is recorded yet."
+    header = ["dataset", "lever (flags added to the config's command)", "test error", "runs", "the config",
+              "lever − config (points)", "wall time"]
+    return (table(header, rows, right=(2, 4, 5, 6)) + "\n\nEach lever: the beyond-paper configuration's full "
+            "command with the flags shown added, seed 0 unless stated (the same initial weights and batch order "
+            "as the configuration's seed 0).")
+
+
 @dataclass(frozen=True)
 class Comparison:
     """A row comparing two settings: ``run`` against ``baseline`` (selections), under a lever's name."""
@@ -524,17 +614,22 @@ class Comparison:
     baseline: dict[str, Any]
 
 
+def in_words(record: Record, aspects: Sequence[str], method: str | None = None) -> str:
+    """The record's ``aspects`` in words (an aspect that is off reads "no <aspect>"), after ``method`` if given."""
+    return ", ".join(([method] if method else []) + [ASPECTS[a][1](record) or f"no {ASPECTS[a][0]}" for a in aspects])
+
+
 def comparison_table(results: Results, comparisons: Sequence[Comparison]) -> str:
     rows = []
     for c in comparisons:
         run, base = select(results, **c.run), select(results, **c.baseline)
         changed = differences(run[0], base[0], ("pooling", "neuron", "hidden", "start", "omega", "steps", "beta",
-                                                "curvature", "optimizer", "dither", "images", "epochs"))
+                                                "curvature", "optimizer", "dither", "augmentation", "images",
+                                                "epochs"))
         method_run, method_base = method_label(run[0]), method_label(base[0])
-        label_run = ", ".join(([method_run] if method_run != method_base else []) +
-                              [ASPECTS[a][1](run[0]) for a in changed])
-        label_base = ", ".join(([method_base] if method_run != method_base else []) +
-                               [ASPECTS[a][1](base[0]) for a in changed])
+        shown = method_run != method_base
+        label_run, label_base = (in_words(run[0], changed, method_run if shown else None),
+                                 in_words(base[0], changed, method_base if shown else None))
         rows.append([c.lever, DATASETS[one(run, "dataset")], label_run, error_of(run), label_base, error_of(base),
                      points(mean_error(run) - mean_error(base))])
     header = ["lever", "dataset", "run", "test error", "against", "test error", "run − against (points)"]
@@ -841,6 +936,36 @@ def block_time_to_accuracy_all(results: Results) -> str:
     return time_to_accuracy(results, "time_to_accuracy")
 
 
+def flag_pairs(command: str) -> list[tuple[str, str]]:
+    """A command's ``--flag value`` / ``--flag=value`` pairs, in order (a flag without a value pairs with '')."""
+    tokens, pairs = shlex.split(command), []
+    for i, token in enumerate(tokens):
+        if token.startswith("--"):
+            name, _, value = token.partition("=")
+            if not value and i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                value = tokens[i + 1]
+            pairs.append((name, value))
+    return pairs
+
+
+def block_levers_accuracy(results: Results) -> str:
+    records = results["levers_accuracy"]
+    pairs = [flag_pairs(shown_command(r)) for r in records]
+    shared = set.intersection(*(set(p) for p in pairs))
+    base = next(r for r, p in zip(records, pairs, strict=True) if set(p) == shared)
+    rows = [[" ".join(f"{f} {v}" for f, v in p if (f, v) not in shared) or "none (the paper config)",
+             pct(r["test_error"]), "–" if r is base else points(r["test_error"] - base["test_error"]),
+             f"{r['wall_s'] / 60:.1f} min"] for r, p in zip(records, pairs, strict=True)]
+    protocol = " ".join(f"{f} {v}" for f, v in pairs[0] if (f, v) in shared and f != "--record")
+    machines = "; ".join(sorted({machine(r) for r in records}))
+    return (f"Each lever changes the paper config, from the same initial weights on the same batches: "
+            f"`python benchmarks/training.py fmnist {protocol} --record benchmarks/results/levers_accuracy.json "
+            f"[lever flags]` ({machines}; wall times with the other core busy, as each record's note says). Test "
+            f"error on the 10,000 test images.\n\n"
+            + table(["lever (flags added)", "test error", "lever − paper config (points)", "wall time"], rows,
+                    right=(1, 2, 3)))
+
+
 def block_levers(results: Results) -> str:
     records = [r for r in results["levers"] if r.get("part") == "epoch"]
     rows = [[r["setting"], f"{r['steps_per_batch']:g}", f"{r['train_s']:.1f}", pct(r["val_acc"]),
@@ -1006,6 +1131,10 @@ BLOCKS: dict[str, Block] = {
     "headline": Block(block_headline, ("training",),
                       "the paper comparison: paper vs our test error per dataset (mean ± sd over seeds), commands"),
     "demo": Block(block_demo, ("training",), "one sentence: the 2-epoch demo config's recorded test accuracy"),
+    "beyond": Block(block_beyond, ("training",),
+                    "the beyond-paper configurations: test error (mean ± sd), baselines, the paper config"),
+    "beyond_levers": Block(block_beyond_levers, ("training",),
+                           "full-length levers on the beyond-paper configurations, each vs the configuration"),
     "training_runs": Block(block_training_runs, ("training",),
                            "every complete training run (and the partial ones apart), with its command"),
     "ep_vs_bptt": Block(block_ep_vs_bptt, ("training",),
@@ -1024,6 +1153,8 @@ BLOCKS: dict[str, Block] = {
                                        "ours vs the two one-change controls"),
     "time_to_accuracy_all": Block(block_time_to_accuracy_all, ("time_to_accuracy",),
                                   "the record in time_to_accuracy.json, labelled with its protocol"),
+    "levers_accuracy": Block(block_levers_accuracy, ("levers_accuracy",),
+                             "a few epochs per accuracy lever (augmentation, read-out, learning rate): test error"),
     "levers": Block(block_levers, ("levers",), "one epoch per training-step setting: seconds, steps, accuracy"),
     "curvature": Block(block_curvature, ("curvature",), "the coupling's eigenvalue at the end of trained free phases"),
     "curvature_bound": Block(block_curvature_bound, ("curvature_bound",),

@@ -6,14 +6,17 @@
     python benchmarks/training.py fmnist --note "cores shared with ... for 10 minutes"          # a note in the record
     python benchmarks/training.py fmnist [the same flags] --ckpt_path runs/.../last.ckpt     # resume a cut run
     python benchmarks/training.py fmnist --data.val_size 0   # the whole training set: no validation, no curve
+    python benchmarks/training.py fmnist-csnn --config recipes/configs/fmnist_csnn_best.yaml   # snnTorch's CSNN
 (a resumed run keeps Lightning's Timer: its ``--trainer.max_time`` counts the earlier parts too)
 
-Each record: dataset, method ("ep"/"bptt"), spiking, pooling, epochs (trained, fractional), test_error (a fraction),
-wall_s (fit + test; for a resumed run, the earlier parts' fit up to their checkpoint too), hardware, command,
+Each record: dataset, method ("ep"/"bptt"/"csnn"), spiking, pooling, epochs (trained, fractional), test_error (a
+fraction), wall_s (fit + test; for a resumed run, the earlier parts' fit up to their checkpoint too), hardware, command,
 complete (all configured epochs ran, not cut by max_time/max_steps or a train subset), parts (1 + resumes),
 resumed_from (the checkpoint of the last resume, or None), plus the settings that matter (threshold, hidden, t1,
 t2, beta, optimizer and weight_decay, bptt_truncate, bptt_objective (BPTT runs), curvature_bound and its iters,
-batch_size, train_samples; records before a field existed name the setting in their command only),
+batch_size, seed, shift and hflip (the augmentation), train_samples; records before a field existed name the setting
+in their command only; a CSNN run, method "csnn", records its network, num_steps, leak_beta, surrogate and loss
+instead of EP's settings),
 ``activations`` (the paper's Figure 2/3 statistics along training, with an ``ActivationDiagnostics`` callback; else
 None) and ``curve``: one point per validation (see ``CurveRecorder``), printed as it grows. EP runs measure the
 cosine between the EP and the BPTT gradient every ``ALIGNMENT_EVERY`` steps on a fixed batch of validation images; the
@@ -40,18 +43,24 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import RESULTS_DIR, hardware  # noqa: E402
 from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 
+from lightning_ep.baselines import SnnTorchCSNN  # noqa: E402
 from lightning_ep.blocks import SpikingConv2d, SpikingLinear  # noqa: E402
 from lightning_ep.callbacks import ActivationDiagnostics, GradientAlignment  # noqa: E402
 from lightning_ep.callbacks.activation_diagnostics import QUANTITIES  # noqa: E402
 from lightning_ep.cli import build_cli, fit_and_test  # noqa: E402
 from lightning_ep.data import FashionMNISTDataModule, MNISTDataModule  # noqa: E402
+from lightning_ep.module import EPLightningModule  # noqa: E402
 from lightning_ep.network import ConvergentNetwork  # noqa: E402
 
 ALIGNMENT_EVERY = 430  # optimizer steps between two EP-vs-BPTT measurements (twice an epoch at batch 64)
 ALIGNMENT_SAMPLES = 64  # validation images in the fixed batch they are measured on
 ALIGNMENT_BPTT_T1 = 200  # BPTT through 200 free steps of the network without spikes: the gradient at its settled
 # fixed point (the spiking network's straight-through BPTT gradient grows without bound at a spiking fixed point)
-DATASETS = {"fmnist": (FashionMNISTDataModule, "fmnist_demo.yaml"), "mnist": (MNISTDataModule, "mnist_demo.yaml")}
+DATASETS = {  # the first argument: (DataModule, default config, LightningModule)
+    "fmnist": (FashionMNISTDataModule, "fmnist_demo.yaml", EPLightningModule),
+    "mnist": (MNISTDataModule, "mnist_demo.yaml", EPLightningModule),
+    "fmnist-csnn": (FashionMNISTDataModule, "fmnist_csnn_demo.yaml", SnnTorchCSNN),
+}
 
 
 def network_summary(net: ConvergentNetwork) -> dict[str, object]:
@@ -64,6 +73,28 @@ def network_summary(net: ConvergentNetwork) -> dict[str, object]:
     poolings = sorted({str(b.pooling) for b in convs})
     return {"pooling": poolings[0] if len(poolings) == 1 else poolings,
             "channels": [b.out_shape[0] for b in convs], "hidden": [b.out_shape[0] for b in dense]}
+
+
+def ep_fields(model: EPLightningModule) -> dict[str, object]:
+    """The record's fields of an EP (or BPTT) run: method, network and the phases' settings."""
+    phases, curvature = model.phases, model.curvature
+    return {
+        "method": model.method, "spiking": model.net.spiking, **network_summary(model.net),
+        "threshold": model.net.threshold, "t1": phases.t1, "t2": phases.t2, "beta": model.ep.beta,
+        "loss": model.network_config.loss, "start": phases.start, "omega": phases.omega, "tol": phases.tol,
+        "bptt_truncate": model.bptt.truncate,
+        "bptt_objective": model.bptt.objective if model.method == "bptt" else None,
+        "curvature_bound": curvature.bound if curvature is not None else None,
+        "curvature_iters": curvature.iters if curvature is not None else None,
+    }
+
+
+def csnn_fields(model: SnnTorchCSNN) -> dict[str, object]:
+    """The record's fields of an snnTorch CSNN run (method "csnn"): its network and neuron settings."""
+    h = model.hparams
+    return {"method": "csnn", "spiking": True, "pooling": h.pooling, "channels": list(h.channels),
+            "hidden": list(h.hidden), "num_steps": h.num_steps, "leak_beta": h.beta, "surrogate": h.surrogate,
+            "loss": h.loss}
 
 
 def optimizer_summary(trainer: Trainer) -> dict[str, object]:
@@ -92,12 +123,14 @@ def epochs_trained(trainer: Trainer) -> float:
 
 
 class CurveRecorder(Callback):
-    """Keeps one point per validation run: the learning curve stored with the record. Each point: the fractional
-    epoch, wall seconds, the validation metrics (accuracy, loss, the free phase's last state change, its steps and
-    the spike rate per layer), the training phases since the last point (mean steps actually run per phase, mean
-    last state change of the free phase) and, with a ``GradientAlignment`` callback, its latest EP-vs-BPTT cosine.
-    The points and the wall time so far go into every checkpoint: a run resumed from one (``--ckpt_path``) continues
-    its curve and its clock (the time between that checkpoint and the cut is lost, not counted)."""
+    """Keeps one point per validation run: the learning curve stored with the record. Each point: the fractional epoch,
+    wall seconds, the validation metrics (accuracy, loss, the free phase's last state change, its steps and the
+    spike rate per layer), the training batches since the last point (``train_acc``: their mean accuracy, on
+    augmented images where augmentation is on, as the weights change; for EP and BPTT the mean steps actually run
+    per phase and the mean last state change of the free phase) and, with a ``GradientAlignment`` callback, its
+    latest EP-vs-BPTT cosine. The points and the wall time so far go into every checkpoint: a run resumed from one
+    (``--ckpt_path``) continues its curve and its clock (the time between that checkpoint and the cut is lost, not
+    counted)."""
 
     def __init__(self, alignment: GradientAlignment | None = None) -> None:
         self.points: list[dict[str, float]] = []
@@ -125,15 +158,21 @@ class CurveRecorder(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: object,
                            batch_idx: int) -> None:
-        result = getattr(pl_module, "last_result", None)
+        self._batches += 1
+        metrics = trainer.callback_metrics  # this batch's accuracy (on augmented images where augmentation is on)
+        accuracy = metrics.get("train/acc_step", metrics.get("train/acc"))
+        self._add("train_acc", float(accuracy) if accuracy is not None else float("nan"))
+        result = getattr(pl_module, "last_result", None)  # an EP or BPTT step's phases (None for other modules)
         if result is None:
             return
-        self._batches += 1
         for name, phase in result.phases.items():
-            self._train[f"train_steps_{name}"] = self._train.get(f"train_steps_{name}", 0.0) + phase.steps
+            self._add(f"train_steps_{name}", phase.steps)
         free = result.phases["free"]
-        for key, value in (("train_change_free", free.last_change), ("train_mean_change_free", free.mean_change)):
-            self._train[key] = self._train.get(key, 0.0) + value
+        self._add("train_change_free", free.last_change)
+        self._add("train_mean_change_free", free.mean_change)
+
+    def _add(self, key: str, value: float) -> None:
+        self._train[key] = self._train.get(key, 0.0) + value
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -168,10 +207,11 @@ def main(argv: list[str]) -> dict:
         i = args.index("--note")
         note = args[i + 1]
         del args[i : i + 2]
-    datamodule_class, default_config = DATASETS[name]
-    cli = build_cli(datamodule_class, ROOT / "recipes" / "configs" / default_config, f"lightning_ep-{name}", args)
+    datamodule_class, default_config, model_class = DATASETS[name]
+    cli = build_cli(datamodule_class, ROOT / "recipes" / "configs" / default_config, f"lightning_ep-{name}", args,
+                    model_class)
     alignment = None
-    if cli.model.method == "ep" and cli.datamodule.hparams.val_size > 0:
+    if isinstance(cli.model, EPLightningModule) and cli.model.method == "ep" and cli.datamodule.hparams.val_size > 0:
         # the EP-vs-BPTT cosine along training, on a fixed batch of validation images (none with --data.val_size 0,
         # which trains on the whole official training set: then the record has no curve and no cosine)
         alignment = GradientAlignment(every_n_steps=ALIGNMENT_EVERY, bptt_t1=ALIGNMENT_BPTT_T1,
@@ -183,23 +223,17 @@ def main(argv: list[str]) -> dict:
     metrics = fit_and_test(cli)
     wall = time.perf_counter() - start + curve.earlier_s
     model, trainer, data = cli.model, cli.trainer, cli.datamodule
-    phases, curvature = model.phases, model.curvature
     epochs_done = round(epochs_trained(trainer), 2)
     complete = (trainer.max_epochs is not None and epochs_done >= trainer.max_epochs
                 and data.hparams.train_subset is None and trainer.max_steps in (-1, None))
     record = {
-        "dataset": "fashion_mnist" if name == "fmnist" else "mnist",
-        "method": model.method, "spiking": cli.model.net.spiking, "epochs": epochs_done,
+        "dataset": "fashion_mnist" if name.startswith("fmnist") else "mnist",
+        **(ep_fields(model) if isinstance(model, EPLightningModule) else csnn_fields(model)), "epochs": epochs_done,
         "test_error": round(1.0 - float(metrics["test/acc"]), 6), "wall_s": round(wall, 3), "hardware": hardware(),
         "command": shlex.join(["python", "benchmarks/training.py", *argv]), "complete": bool(complete),
-        **network_summary(cli.model.net),
-        "threshold": cli.model.net.threshold, "t1": phases.t1, "t2": phases.t2, "beta": model.ep.beta,
-        "loss": model.network_config.loss, "start": phases.start, "omega": phases.omega, "tol": phases.tol,
-        "lr": trainer.optimizers[0].defaults["lr"], **optimizer_summary(trainer), "bptt_truncate": model.bptt.truncate,
-        "bptt_objective": model.bptt.objective if model.method == "bptt" else None,
-        "curvature_bound": curvature.bound if curvature is not None else None,
-        "curvature_iters": curvature.iters if curvature is not None else None,
-        "batch_size": data.hparams.batch_size,
+        "lr": trainer.optimizers[0].defaults["lr"], **optimizer_summary(trainer),
+        "batch_size": data.hparams.batch_size, "seed": cli.config.get("seed_everything"),
+        "shift": data.hparams.get("shift", 0), "hflip": data.hparams.get("hflip", False),
         "train_samples": len(data.train_set) if data.train_set is not None else None,
         "max_epochs": trainer.max_epochs, "global_steps": trainer.global_step,
         "parts": curve.parts, "resumed_from": cli.config.get("ckpt_path"),

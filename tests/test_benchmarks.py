@@ -304,9 +304,11 @@ def test_training_record_goes_where_it_is_told(tmp_path):
         "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=2", "--trainer.logger=false",
         "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false", "--note", "a test run",
         "--model.curvature.bound=0.9", "--model.curvature.iters=3", "--model.optim.optimizer=adamw",
-        "--model.optim.weight_decay=0.05", cwd=tmp_path)
+        "--model.optim.weight_decay=0.05", "--data.shift=1", "--data.hflip=true", "--seed_everything=3",
+        cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     (record,) = records(out)
+    assert (record["seed"], record["shift"], record["hflip"]) == (3, 1, True)
     assert record["dataset"] == "fashion_mnist" and record["global_steps"] == 2 and not record["complete"]
     assert (record["channels"], record["hidden"], record["pooling"]) == ([4, 8], [16], "avg")  # read from the net
     assert record["note"] == "a test run"
@@ -314,12 +316,35 @@ def test_training_record_goes_where_it_is_told(tmp_path):
     assert record["method"] == "ep" and record["bptt_objective"] is None  # a BPTT setting, recorded for BPTT runs
     assert (record["optimizer"], record["weight_decay"]) == ("AdamW", 0.05)  # read from the optimizer that trained
     assert record["curve"] and "alignment_cos_all" in record["curve"][-1]
+    # the training accuracy beside the validation accuracy: a fraction of the two 64-image batches, so k / 128
+    assert 128 * record["curve"][-1]["train_acc"] == pytest.approx(round(128 * record["curve"][-1]["train_acc"]),
+                                                                   abs=0.02)
     assert record["activations"] is None  # no ActivationDiagnostics callback in this run
     # two test batches (LightningCLI reads --trainer.limit_test_batches=1 as the float 1.0: every batch): an error
     # over their n images, 1 - correct / n
     n = 2 * record["batch_size"]
     correct = round((1.0 - record["test_error"]) * n)
     assert 0 <= correct <= n and record["test_error"] == pytest.approx(1.0 - correct / n, abs=1e-6)
+
+
+@needs_fmnist
+def test_training_records_an_snntorch_csnn_run(tmp_path):
+    """``training.py fmnist-csnn`` trains snnTorch's CSNN baseline with a recipe config and records its network,
+    neuron and augmentation settings (no EP settings, no EP-vs-BPTT cosine) and its training accuracy."""
+    out = tmp_path / "training.json"
+    proc = run_benchmark(
+        "training.py", "fmnist-csnn", "--config", ROOT / "recipes" / "configs" / "fmnist_csnn_best.yaml",
+        "--record", out, "--model.channels=[4, 8]", "--model.hidden=[16]", "--model.num_steps=3",
+        "--data.train_subset=128", "--data.val_size=64", "--trainer.max_epochs=1", "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path / 'root'}", cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    (record,) = records(out)
+    assert (record["method"], record["num_steps"], record["channels"], record["hidden"]) == ("csnn", 3, [4, 8], [16])
+    assert (record["shift"], record["hflip"], record["optimizer"], record["weight_decay"]) == (2, True, "AdamW", 0.05)
+    assert "t1" not in record and "curvature_bound" not in record
+    (point,) = record["curve"]
+    assert 0.0 <= point["train_acc"] <= 1.0 and "alignment_cos_all" not in point
 
 
 @needs_fmnist

@@ -223,17 +223,19 @@ def _flat(settings: dict, prefix: str = "") -> dict:
     return flat
 
 
-RESULT_CONFIGS = ("_paper.yaml", "_feedforward.yaml", "_hidden512.yaml")  # the configs that reproduce recorded runs
+# the configs that reproduce recorded runs
+RESULT_CONFIGS = ("_paper.yaml", "_feedforward.yaml", "_hidden512.yaml", "_best.yaml")
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "recipes" / "configs").glob("*.yaml")
                                           if p.name.endswith(RESULT_CONFIGS)))
 def test_result_configs_state_every_setting_of_the_demo_config(config):
-    """The paper, feed-forward and hidden-512 configs are read over their dataset's demo config (``--config`` on top
-    of the recipe's default). Every model setting the demo config makes must be stated in them, or a later change of
-    the demo (as its move to the feed-forward start and omega 1.3 did) silently changes the runs they reproduce."""
-    dataset = config.split("_")[0]
-    demo = _flat(yaml.safe_load((ROOT / "recipes" / "configs" / f"{dataset}_demo.yaml").read_text())["model"])
+    """The paper, feed-forward, hidden-512 and beyond-paper configs are read over their recipe's demo config
+    (``--config`` on top of the recipe's default). Every model setting the demo config makes must be stated in them,
+    or a later change of the demo (as its move to the feed-forward start and omega 1.3 did) silently changes the runs
+    they reproduce."""
+    recipe = config.rsplit("_", 1)[0]  # fmnist_paper.yaml: fmnist; fmnist_csnn_best.yaml: fmnist_csnn
+    demo = _flat(yaml.safe_load((ROOT / "recipes" / "configs" / f"{recipe}_demo.yaml").read_text())["model"])
     full = _flat(yaml.safe_load((ROOT / "recipes" / "configs" / config).read_text())["model"])
     inherited = sorted(k for k in demo if k not in full and not any(f.startswith(k + ".") for f in full))
-    assert not inherited, f"{config} inherits {inherited} from {dataset}_demo.yaml"
+    assert not inherited, f"{config} inherits {inherited} from {recipe}_demo.yaml"

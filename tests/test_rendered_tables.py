@@ -191,3 +191,55 @@ def test_time_to_accuracy_protocol_label(tmp_path: Path) -> None:
     text = rt.block_time_to_accuracy_main(results)
     assert "older protocol" not in text
     assert "> 3.0×" in text  # the budget over ours: a lower bound
+
+
+def beyond_records() -> list[dict[str, Any]]:
+    """The beyond-paper FashionMNIST config at three seeds, one full-length lever on it, its BPTT and CSNN
+    baselines, and the paper-config run with the same validation split that its curves compare with."""
+    command = "python benchmarks/training.py fmnist --config recipes/configs/fmnist_best.yaml"
+    best = {"t1": 12, "t2": 8, "beta": 0.2, "start": "feedforward", "omega": 1.3, "optimizer": "AdamW",
+            "weight_decay": 0.05, "shift": 2, "hflip": True, "train_samples": 55000, "max_epochs": 22, "epochs": 22.0,
+            "seed": 0, "command": command}
+    seeds = [run(error, **{**best, "seed": seed, "command": command + (f" --seed_everything {seed}" if seed else "")})
+             for seed, error in enumerate((0.074, 0.071, 0.077))]
+    lever = run(0.079, **{**best, "shift": 1, "command": command + " --data.shift 1 --note 'lever'"})
+    bptt = run(0.081, **{**best, "method": "bptt", "bptt_objective": "nudged",
+                         "command": command + " --model.method bptt"})
+    csnn = {"dataset": "fashion_mnist", "method": "csnn", "spiking": True, "pooling": "avg", "channels": [32, 64],
+            "hidden": [256], "num_steps": 25, "test_error": 0.102, "wall_s": 4000.0, "hardware": HARDWARE,
+            "complete": True, "epochs": 22.0, "max_epochs": 22, "train_samples": 55000, "shift": 2, "hflip": True,
+            "command": "python benchmarks/training.py fmnist-csnn --config recipes/configs/fmnist_csnn_best.yaml"}
+    return [*seeds, lever, bptt, csnn, run(0.0896, train_samples=55000)]
+
+
+def test_beyond_blocks(tmp_path: Path) -> None:
+    """The beyond-paper table: the config's mean ± sd over its seeds against the bar, its baselines by their
+    commands, the paper config of the same split; the lever table: each lever's flags against the config's mean;
+    and an honest sentence when no run is recorded yet."""
+    results = results_with(tmp_path, training=beyond_records())
+    text = rt.block_beyond(results)
+    assert "| FashionMNIST | EP, beyond-paper config | **7.40 ± 0.30 %** | 3 seeds (0, 1, 2) | 7.40 / 7.10 / 7.70 %" \
+        " | 7.50 % |" in text
+    assert "| BPTT of EP's objective | 8.10 % | 1 run, seed 0 |" in text
+    assert "| snnTorch CSNN (BPTT, surrogate gradient) | 10.20 % |" in text
+    assert "| EP, paper config (same validation split) | 8.96 % |" in text
+    assert "shifts ≤ 2 px and left-right flips" in text and "MNIST |" not in text.replace("FashionMNIST |", "")
+    levers = rt.block_beyond_levers(results)
+    assert "| FashionMNIST | `--data.shift 1` | 7.90 % | 1 run, seed 0 | 7.40 ± 0.30 % | +0.50 |" in levers
+    assert "--model.method" not in levers  # a baseline is not a lever
+    (tmp_path / "none").mkdir()
+    empty = results_with(tmp_path / "none", training=[run(0.0896, train_samples=55000)])
+    assert rt.block_beyond(empty).startswith("No complete run")
+    assert rt.block_beyond_levers(empty).startswith("No full-length lever run")
+
+
+def test_plot_beyond_draws_the_selected_runs(tmp_path: Path) -> None:
+    import plot_beyond
+
+    records = beyond_records()
+    for i, record in enumerate(records):
+        record["curve"] = [{"epoch": float(e), "val_acc": 0.8 + 0.01 * e + 0.001 * i, "train_acc": 0.78 + 0.012 * e,
+                            "alignment_cos_all": 0.95} for e in range(1, 4)]
+    out = plot_beyond.plot_beyond(results_with(tmp_path, training=records), tmp_path / "beyond.png")
+    assert out is not None and out.stat().st_size > 10_000
+    assert plot_beyond.plot_beyond(results_with(tmp_path, training=records[-1:]), tmp_path / "none.png") is None
