@@ -323,6 +323,16 @@ def error_of(runs: Sequence[Record]) -> str:
     return f"{pct(statistics.mean(errors)).removesuffix(' %')} ± {pct(statistics.stdev(errors))}"
 
 
+def per_run(runs: Sequence[Record]) -> str:
+    """Each seed's test error: '8.53 / 9.09 / 8.92 %'."""
+    return " / ".join(pct(r["test_error"]).removesuffix(" %") for r in runs) + " %"
+
+
+def longest_minutes(runs: Sequence[Record]) -> str:
+    """The longest wall time of the runs, in whole minutes."""
+    return f"{max(r['wall_s'] for r in runs) / 60:.0f} min"
+
+
 def mean_error(runs: Sequence[Record]) -> float:
     return statistics.mean(r["test_error"] for r in runs)
 
@@ -469,9 +479,9 @@ def block_headline(results: Results) -> str:
     for label, criteria in HEADLINE:
         runs = select(results, **criteria)
         dataset = one(runs, "dataset")
-        per_run = " / ".join(pct(r["test_error"]).removesuffix(" %") for r in runs) + " %" if len(runs) > 1 else "–"
+        each = per_run(runs) if len(runs) > 1 else "–"
         rows.append([label, f"{one(runs, 'train_samples'):,}", _curvature(runs[0]), pct(PAPER[dataset]),
-                     f"**{error_of(runs)}**", points(mean_error(runs) - PAPER[dataset]), seeds_of(runs), per_run,
+                     f"**{error_of(runs)}**", points(mean_error(runs) - PAPER[dataset]), seeds_of(runs), each,
                      f"{one(runs, 'max_epochs')}", code(shown_command(runs[0], drop_seed=True))])
         firsts.append(runs[0])
     header = ["dataset", "training images", "curvature penalty", "paper (Lin et al. 2024)", "ours: test error",
@@ -528,21 +538,18 @@ def block_training_runs(results: Results) -> str:
 
 #: The beyond-paper configurations: their recipe, run by ``benchmarks/training.py`` with only the seed changed.
 FLAGS_OF = {"fashion_mnist": "fmnist", "mnist": "mnist"}  # the dataset's first argument of training.py
-BEYOND = {name: {"method": "ep",
-                 "command": f"python benchmarks/training.py {flag} --config recipes/configs/{flag}_best.yaml"}
-          for name, flag in FLAGS_OF.items()}
+BEYOND_COMMAND = "python benchmarks/training.py {flag} --config recipes/configs/{flag}_best.yaml"
+BEYOND = {name: {"method": "ep", "command": BEYOND_COMMAND.format(flag=flag)} for name, flag in FLAGS_OF.items()}
 #: The paper configuration's runs with the same 5,000 validation images held out: the curves to compare with.
 PAPER_CURVES = {"fashion_mnist": {**FMNIST_PAPER, "method": "ep"},
                 "mnist": {**PAPER_CONFIG, "dataset": "mnist", "method": "ep", "threshold": 0.01,
                           "curvature_bound": 0.9, "curvature_iters": UNKNOWN, "max_epochs": 12}}
 #: The bar of the beyond-paper work: the mean test error over three seeds to reach.
 BAR = {"fashion_mnist": 0.075, "mnist": 0.006}
-#: The baselines of the beyond-paper configuration: the same command with these flags, one seed each.
+#: The baselines of the beyond-paper configuration, one seed each: their commands ({flag}: the dataset's argument).
 BEYOND_BASELINES = (
-    ("BPTT of EP's objective", "python benchmarks/training.py {flag} --config recipes/configs/{flag}_best.yaml "
-                               "--model.method bptt"),
-    ("EP without spikes (θ = 0)", "python benchmarks/training.py {flag} --config recipes/configs/{flag}_best.yaml "
-                                  "--model.network.threshold 0"),
+    ("BPTT of EP's objective", BEYOND_COMMAND + " --model.method bptt"),
+    ("EP without spikes (θ = 0)", BEYOND_COMMAND + " --model.network.threshold 0"),
     ("snnTorch CSNN (BPTT, surrogate gradient)",
      "python benchmarks/training.py {flag}-csnn --config recipes/configs/{flag}_csnn_best.yaml"),
 )
@@ -556,17 +563,16 @@ def block_beyond(results: Results) -> str:
             continue
         runs = groups[0]
         paper = select(results, **PAPER_CURVES[dataset])
-        per_run = " / ".join(pct(r["test_error"]).removesuffix(" %") for r in runs) + " %"
         rows.append([DATASETS[dataset], "EP, beyond-paper config", f"**{error_of(runs)}**", seeds_of(runs),
-                     per_run, pct(BAR[dataset]), f"{max(r['wall_s'] for r in runs) / 60:.0f} min",
+                     per_run(runs), pct(BAR[dataset]), longest_minutes(runs),
                      code(shown_command(runs[0], drop_seed=True))])
         for label, template in BEYOND_BASELINES:
             command = template.format(flag=FLAGS_OF[dataset])
             for group in runs_of(results, dataset=dataset, command=command):
                 rows.append([DATASETS[dataset], label, error_of(group), seeds_of(group), "–", "–",
-                             f"{max(r['wall_s'] for r in group) / 60:.0f} min", code(command)])
+                             longest_minutes(group), code(command)])
         rows.append([DATASETS[dataset], "EP, paper config (same validation split)", error_of(paper),
-                     seeds_of(paper), "–", "–", f"{max(r['wall_s'] for r in paper) / 60:.0f} min",
+                     seeds_of(paper), "–", "–", longest_minutes(paper),
                      code(shown_command(paper[0], drop_seed=True))])
         firsts.append(runs[0])
     if not rows:
@@ -595,7 +601,7 @@ def block_beyond_levers(results: Results) -> str:
             if command.startswith(prefix) and command not in baselines:
                 rows.append([DATASETS[dataset], code(command.removeprefix(prefix)), error_of(group), seeds_of(group),
                              error_of(base), points(mean_error(group) - mean_error(base)),
-                             f"{max(r['wall_s'] for r in group) / 60:.0f} min"])
+                             longest_minutes(group)])
     if not rows:
         return "No full-length lever run of a beyond-paper configuration is recorded yet."
     header = ["dataset", "lever (flags added to the config's command)", "test error", "runs", "the config",
