@@ -227,8 +227,21 @@ def test_beyond_blocks(tmp_path: Path) -> None:
     levers = rt.block_beyond_levers(results)
     assert "| FashionMNIST | `--data.shift 1` | 7.90 % | 1 run, seed 0 | 7.40 ± 0.30 % | +0.50 |" in levers
     assert "--model.method" not in levers  # a baseline is not a lever
+    summary = rt.block_beyond_summary(results)
+    assert "| FashionMNIST | 7.50 % | 7.40 ± 0.30 % (3 seeds (0, 1, 2)) | 7.40 ± 0.30 % (3 seeds (0, 1, 2)) | 8.96 % " \
+        "| **met** |" in summary
+    seed_0, *others = [beyond_records()[0], *beyond_records()[3:]]
+    for name in ("one", "lever"):
+        (tmp_path / name).mkdir()
+    summary = rt.block_beyond_summary(results_with(tmp_path / "one", training=[seed_0, *others]))
+    assert "| 7.40 % (1 run, seed 0) | 7.40 % (1 run, seed 0) |" in summary  # the config beats its lever (7.90 %)
+    assert "| not yet |" in summary  # one seed below the bar is not the bar met
+    worse = seed_0 | {"test_error": 0.085}
+    summary = rt.block_beyond_summary(results_with(tmp_path / "lever", training=[worse, *others]))
+    assert "| 8.50 % (1 run, seed 0) | 7.90 % (1 run, seed 0, with `--data.shift 1`) |" in summary
     (tmp_path / "none").mkdir()
     empty = results_with(tmp_path / "none", training=[run(0.0896, train_samples=55000)])
+    assert rt.block_beyond_summary(empty).startswith("No complete run")
     assert rt.block_beyond(empty).startswith("No complete run")
     assert rt.block_beyond_levers(empty).startswith("No full-length lever run")
 

@@ -52,7 +52,12 @@ MSE_COUNT_RATES = (0.8, 0.2)  # mse_count_loss targets: the correct class fires 
 
 class SnnTorchSurrogate:
     """snnTorch's surrogate spike function ``snntorch.surrogate.<name>(<slope>)`` (``slope=None``: snnTorch's
-    default), picklable: snnTorch returns a closure, which checkpoints and ``ddp_spawn`` could not pickle."""
+    default), picklable: snnTorch returns a closure, which checkpoints and ``ddp_spawn`` could not pickle.
+
+    Args:
+        name: the name of a function of ``snntorch.surrogate`` (one of ``SURROGATES``).
+        slope: its steepness parameter (None: snnTorch's default; refused for surrogates without one).
+    """
 
     def __init__(self, name: str, slope: float | None = None) -> None:
         if name not in SURROGATES:
@@ -79,9 +84,12 @@ class SnnTorchSurrogate:
 class CSNNRun:
     """One presentation of a batch for ``num_steps`` steps.
 
-    ``output_spikes`` and ``output_membrane``: the output layer's spikes and membrane at every step, (T, B, C);
-    ``layer_neurons``: the neurons of each layer per sample; ``neuron_spikes``: each layer's spikes per neuron and
-    sample summed over the steps, (B, *layer shape), detached (input side first)."""
+    Args:
+        output_spikes: the output layer's spikes at every step, (T, B, C).
+        output_membrane: the output layer's membrane at every step, (T, B, C).
+        layer_neurons: the neurons of each spiking layer per sample (input side first).
+        neuron_spikes: each layer's spikes per neuron and sample summed over the steps, (B, *layer shape), detached.
+    """
 
     output_spikes: Tensor
     output_membrane: Tensor
@@ -108,7 +116,15 @@ class CSNNRun:
 def conv_output_shapes(
     input_shape: Sequence[int], channels: Sequence[int], kernel_size: int, padding: int, pooling: str
 ) -> list[tuple[int, int, int]]:
-    """The (C, H, W) of each conv layer after pooling; a ValueError when a layer does not fit its input."""
+    """The (C, H, W) of each conv layer after pooling; a ValueError when a layer does not fit its input.
+
+    Args:
+        input_shape: (channels, height, width) of one input image.
+        channels: output channels of each conv layer, input side first.
+        kernel_size: square kernel size of every conv layer (stride 1).
+        padding: zero padding of every conv layer.
+        pooling: the 2x2 pooling after each conv layer ('avg', 'max' or 'none').
+    """
     c, h, w = input_shape
     shapes = []
     for i, out_channels in enumerate(channels):

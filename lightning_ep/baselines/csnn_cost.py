@@ -23,7 +23,11 @@ from lightning_ep.neuromorphic import NeuromorphicCost, conv_windows, latency_st
 
 
 def csnn_fan_out(module: SnnTorchCSNN) -> list[Tensor]:
-    """Per spiking layer (shape of its spikes per sample, float64): the synapses of the next layer one spike reaches."""
+    """Per spiking layer (shape of its spikes per sample, float64): the synapses of the next layer one spike reaches.
+
+    Args:
+        module: the snnTorch CSNN baseline.
+    """
     hp = module.hparams
     conv_shapes = conv_output_shapes(module.input_shape, hp.channels, hp.kernel_size, hp.padding, hp.pooling)
     shapes: list[tuple[int, ...]] = [*conv_shapes, *((d.out_features,) for d in module.dense)]
@@ -42,7 +46,11 @@ def csnn_fan_out(module: SnnTorchCSNN) -> list[Tensor]:
 
 def csnn_input_macs(module: SnnTorchCSNN) -> float:
     """A sample's MACs of the first layer's drive from the image: the in-bound taps of the first conv (or the first
-    dense layer's weights without convs)."""
+    dense layer's weights without convs).
+
+    Args:
+        module: the snnTorch CSNN baseline.
+    """
     if not len(module.convs):
         return float(module.dense[0].weight.numel())
     c, h, w = module.input_shape
@@ -51,14 +59,23 @@ def csnn_input_macs(module: SnnTorchCSNN) -> float:
 
 
 def csnn_predictions_per_step(run: CSNNRun) -> Tensor:
-    """(steps, batch): the prediction had the presentation stopped after each step (most output spikes so far)."""
+    """(steps, batch): the prediction had the presentation stopped after each step (most output spikes so far).
+
+    Args:
+        run: one presentation, as ``SnnTorchCSNN.simulate`` returns it.
+    """
     return run.output_spikes.detach().cumsum(0).argmax(-1)
 
 
 def csnn_cost(module: SnnTorchCSNN, run: CSNNRun) -> NeuromorphicCost:
     """The exact cost of one presentation (``module.simulate(x)``), per spiking layer and summed over the batch,
     with each sample's latency, as the convergent network's ``NeuromorphicCost``
-    (unit spikes: events = spikes; no read-out)."""
+    (unit spikes: events = spikes; no read-out).
+
+    Args:
+        module: the snnTorch CSNN baseline that ran the presentation.
+        run: the presentation, as ``module.simulate(x)`` returns it.
+    """
     steps, samples = run.output_spikes.shape[:2]
     fan_outs = csnn_fan_out(module)
     spikes = [float(n.sum()) for n in run.neuron_spikes]
@@ -70,6 +87,12 @@ def csnn_cost(module: SnnTorchCSNN, run: CSNNRun) -> NeuromorphicCost:
 
 
 def csnn_accuracy_at_steps(run: CSNNRun, y: Tensor, steps: Sequence[int]) -> dict[int, float]:
-    """Accuracy if the presentation were cut after each of ``steps`` (at most the steps run)."""
+    """Accuracy if the presentation were cut after each of ``steps`` (at most the steps run).
+
+    Args:
+        run: one presentation, as ``SnnTorchCSNN.simulate`` returns it.
+        y: the batch's class labels.
+        steps: the step counts to cut at (beyond the steps run: the last step).
+    """
     predictions = csnn_predictions_per_step(run)
     return {t: float((predictions[min(t, predictions.shape[0]) - 1] == y).double().mean()) for t in steps}

@@ -38,7 +38,13 @@ def route_statistics(net: ConvergentNetwork, x: Tensor, state: NetworkState) -> 
     forward route's max-pooling indices), computed from what the layers transmit (``state.r``).
 
     Returns a float64 tensor (conv layers, len(QUANTITIES), 3) of [count, sum, sum of squares] for each quantity,
-    so that statistics of several ranks add up (see ``mean_and_std``)."""
+    so that statistics of several ranks add up (see ``mean_and_std``).
+
+    Args:
+        net: the convergent network.
+        x: the batch of images the state was relaxed on.
+        state: the network's state on that batch (what its layers transmit is read from ``state.r``).
+    """
     rows = []
     for i in conv_layers(net):
         block = net.blocks[i]
@@ -52,7 +58,11 @@ def route_statistics(net: ConvergentNetwork, x: Tensor, state: NetworkState) -> 
 
 
 def mean_and_std(stats: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and (unbiased) standard deviation from [count, sum, sum of squares] in the last dimension."""
+    """Mean and (unbiased) standard deviation from [count, sum, sum of squares] in the last dimension.
+
+    Args:
+        stats: moments as ``route_statistics`` returns them (summed over ranks where several).
+    """
     n, s, s2 = stats.unbind(-1)
     mean = s / n
     var = (s2 - n * mean * mean) / (n - 1).clamp(min=1)

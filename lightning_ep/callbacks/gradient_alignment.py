@@ -21,7 +21,12 @@ from lightning_ep.network import ConvergentNetwork
 
 
 def cosine_and_norm_ratio(ep: Tensor, bptt: Tensor) -> tuple[float, float]:
-    """``cos(ep, bptt)`` and ``|ep| / |bptt|`` of two gradients (flattened); NaN where a norm is zero."""
+    """``cos(ep, bptt)`` and ``|ep| / |bptt|`` of two gradients (flattened); NaN where a norm is zero.
+
+    Args:
+        ep: the EP gradient (any shape).
+        bptt: the BPTT gradient it is compared with (as many elements).
+    """
     a, b = ep.detach().flatten().double(), bptt.detach().flatten().double()
     na, nb = float(a.norm()), float(b.norm())
     if na == 0.0 or nb == 0.0:
@@ -41,7 +46,18 @@ def bptt_gradients(
 ) -> list[Tensor]:
     """The BPTT gradient of the mean loss after ``t1`` free steps from ``start`` (relaxation factor ``omega``), by
     ``torch.autograd.grad``: ``p.grad`` and any DDP reducer hooks are left untouched. Parameters the loss does not
-    reach get zeros."""
+    reach get zeros.
+
+    Args:
+        net: the convergent network.
+        x: a batch of images.
+        y: their class labels.
+        params: the parameters to differentiate (one gradient each, in this order).
+        t1: free-phase steps to backpropagate through.
+        update: the update order of the free phase ('async' or 'sync').
+        start: the state the free phase starts from ('zeros' or 'feedforward').
+        omega: relaxation factor of every update.
+    """
     with torch.enable_grad():
         loss = bptt_loss(net, x, y, t1, update, start, omega).loss
         return _grads(loss, params)

@@ -28,7 +28,16 @@ def bptt_memory(
     net: ConvergentNetwork, x: Tensor, y: Tensor, t1: int, update: UpdateOrder, cuda_peak: bool = False
 ) -> tuple[int, int | None]:
     """Bytes saved for backward by one BPTT loss (``t1`` free steps) and, with ``cuda_peak``, the CUDA peak of that
-    forward and its backward (``torch.autograd.grad``, ``p.grad`` untouched) above the memory allocated before."""
+    forward and its backward (``torch.autograd.grad``, ``p.grad`` untouched) above the memory allocated before.
+
+    Args:
+        net: the convergent network.
+        x: a batch of images.
+        y: their class labels.
+        t1: free-phase steps to backpropagate through.
+        update: the update order of the free phase ('async' or 'sync').
+        cuda_peak: also measure the CUDA peak (``x`` on a CUDA device).
+    """
     params = [p for p in net.parameters() if p.requires_grad]
     baseline = reset_cuda_peak(x.device) if cuda_peak else 0
     with torch.enable_grad(), count_saved_bytes() as saved:

@@ -76,7 +76,15 @@ def spike_raster_figure(
     """One raster per layer (x: the step, the phases of ``traces`` one after another; step 0 is the start, with the
     feed-forward sweep's spikes when the first phase recorded one; y: up to ``max_neurons`` evenly spaced neurons)
     and, below, each layer's spikes per neuron per step. Signed graded spikes: red dots where the state went up
-    (q > 0), blue where it went down (q < 0), dot area proportional to the count ``|q|``."""
+    (q > 0), blue where it went down (q < 0), dot area proportional to the count ``|q|``.
+
+    Args:
+        traces: the recorded phases by name, in the order they ran.
+        layer_names: one name per layer, for the panel titles.
+        title: the figure's title.
+        sample: which sample of the batch to draw.
+        max_neurons: at most this many neurons per layer are drawn.
+    """
     raster, backend = raster_function()
     phases = {}
     for i, (name, trace) in enumerate(traces.items()):

@@ -23,7 +23,14 @@ BLOCK = 4096  # samples per generator: drawing a table per (seed, epoch) block c
 
 def shift_and_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Translate each image of ``images`` (N, C, H, W) by ``dy[n]`` rows down and ``dx[n]`` columns right, filling
-    with zeros (``torch.roll`` without the wrap-around), then mirror it left-right where ``flip[n]`` is true."""
+    with zeros (``torch.roll`` without the wrap-around), then mirror it left-right where ``flip[n]`` is true.
+
+    Args:
+        images: a batch of images (N, C, H, W).
+        dy: rows to move each image down (N,), negative for up.
+        dx: columns to move each image right (N,), negative for left.
+        flip: which images to mirror left-right (N,), bool or 0/1.
+    """
     n, c, h, w = images.shape
     pad = int(max(dy.abs().max(), dx.abs().max())) if n else 0
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
@@ -93,7 +100,11 @@ class Augmentation:
 
 
 class IndexedDataset(Dataset):
-    """``dataset[i]`` with ``i`` appended (``(image, label, i)``), so the loader knows which sample it augments."""
+    """``dataset[i]`` with ``i`` appended (``(image, label, i)``), so the loader knows which sample it augments.
+
+    Args:
+        dataset: a map-style dataset of ``(image, label)`` pairs.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -109,6 +120,12 @@ class AugmentedDataLoader(ResumableDataLoader):
     """A ``ResumableDataLoader`` over an ``IndexedDataset`` that yields ``(augment(images), labels)``,
     augmenting each batch for the epoch its sampler was set to (0 for a sampler without epochs). Batches skipped to
     continue a cut epoch are not augmented; the others are exactly those of the uninterrupted pass.
+
+    Args:
+        dataset: the training set, wrapped so that it yields each sample's index.
+        *args: passed on to ``ResumableDataLoader`` (batch size, sampler, ...).
+        augment: the seeded augmentation applied to every batch.
+        **kwargs: passed on to ``ResumableDataLoader``.
     """
 
     def __init__(self, dataset: IndexedDataset, *args: Any, augment: Augmentation, **kwargs: Any) -> None:

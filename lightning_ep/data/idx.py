@@ -36,6 +36,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (plain or ``.gz``) into a native-endian numpy array.
 
     Raises ``ValueError`` naming the file when the header is wrong or the data is truncated.
+
+    Args:
+        path: the IDX file (``.gz`` for gzip-compressed).
     """
     path = Path(path)
     data = _read_bytes(path)
@@ -61,7 +64,12 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> Path:
-    """Write ``array`` as an IDX file; gzip-compressed when the name ends in ``.gz``."""
+    """Write ``array`` as an IDX file; gzip-compressed when the name ends in ``.gz``.
+
+    Args:
+        path: where to write (overwritten if it exists).
+        array: the data, of a dtype IDX can store (uint8, int8, int16, int32, float32, float64).
+    """
     path = Path(path)
     array = np.asarray(array)
     codes = {dtype.newbyteorder("="): code for code, dtype in IDX_DTYPES.items()}
