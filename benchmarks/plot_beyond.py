@@ -6,8 +6,9 @@ Reads ``benchmarks/results/training.json`` (written by ``benchmarks/training.py`
 results tables do (``render_tables.BEYOND`` and ``render_tables.PAPER_CURVES``). One row per dataset that has a
 complete beyond-paper run:
 
-- validation error by epoch, each seed of the beyond-paper configuration against the paper configuration's runs
-  (both hold the same 5,000 training images out);
+- validation error by epoch, each seed of the beyond-paper configuration and each full-length lever run on it
+  (``render_tables.beyond_levers``) against the paper configuration's runs (all hold the same 5,000 training
+  images out);
 - training accuracy (the mean over the epoch's augmented training batches, as the weights change) against
   validation accuracy, so that overfitting can be seen (older paper-configuration records hold no training
   accuracy: their validation accuracy only);
@@ -25,9 +26,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from plot_training import PAPER_ERROR, TITLES, cosine_curve, error_curve, save
-from render_tables import BEYOND, PAPER_CURVES, Record, Results, runs_of, setting
+from render_tables import BEYOND, PAPER_CURVES, Record, Results, beyond_levers, runs_of, setting
 
 ROOT = Path(__file__).resolve().parents[1]
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 
 
 def run_name(record: Record, config: str) -> str:
@@ -49,13 +51,15 @@ def plot_beyond(results: Results, out: Path) -> Path | None:
     for dataset, criteria in BEYOND.items():
         groups = runs_of(results, **criteria)
         if groups:
-            rows.append((dataset, groups[0], [r for g in runs_of(results, **PAPER_CURVES[dataset]) for r in g]))
+            levers = [(f"config + {flags}", runs) for flags, runs in beyond_levers(results, dataset)]
+            rows.append((dataset, [("beyond-paper config", groups[0]), *levers],
+                         [r for g in runs_of(results, **PAPER_CURVES[dataset]) for r in g]))
     if not rows:
         return None
     fig, axes = plt.subplots(len(rows), 3, figsize=(19, 6.5 * len(rows)), squeeze=False)
     for (dataset, beyond, paper), (ax_err, ax_acc, ax_cos) in zip(rows, axes, strict=True):
-        for runs, config, colour, style in ((beyond, "beyond-paper config", "tab:blue", "-"),
-                                            (paper, "paper config", "tab:grey", "--")):
+        styled = [(runs, config, COLOURS[i % len(COLOURS)], "-") for i, (config, runs) in enumerate(beyond)]
+        for runs, config, colour, style in (*styled, (paper, "paper config", "tab:grey", "--")):
             for record in runs:
                 name = run_name(record, config)
                 ax_err.plot(*error_curve(record), color=colour, linestyle=style, marker="o", markersize=2.5,

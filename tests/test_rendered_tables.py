@@ -246,13 +246,21 @@ def test_beyond_blocks(tmp_path: Path) -> None:
     assert rt.block_beyond_levers(empty).startswith("No full-length lever run")
 
 
-def test_plot_beyond_draws_the_selected_runs(tmp_path: Path) -> None:
+def test_plot_beyond_draws_the_selected_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import plot_beyond
 
     records = beyond_records()
     for i, record in enumerate(records):
         record["curve"] = [{"epoch": float(e), "val_acc": 0.8 + 0.01 * e + 0.001 * i, "train_acc": 0.78 + 0.012 * e,
                             "alignment_cos_all": 0.95} for e in range(1, 4)]
+    drawn = []
+    save = plot_beyond.save
+    monkeypatch.setattr(plot_beyond, "save", lambda fig, out: drawn.append(fig) or save(fig, out))
     out = plot_beyond.plot_beyond(results_with(tmp_path, training=records), tmp_path / "beyond.png")
     assert out is not None and out.stat().st_size > 10_000
+    error_panel = drawn[0].axes[0]
+    names = [line.get_label() for line in error_panel.get_lines()]
+    assert names[:5] == ["beyond-paper config, seed 0: test 7.40 %", "beyond-paper config, seed 1: test 7.10 %",
+                         "beyond-paper config, seed 2: test 7.70 %", "config + --data.shift 1, seed 0: test 7.90 %",
+                         "paper config, seed 0: test 8.96 %"]  # the baselines (BPTT, CSNN) are not drawn
     assert plot_beyond.plot_beyond(results_with(tmp_path, training=records[-1:]), tmp_path / "none.png") is None
