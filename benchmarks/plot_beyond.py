@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from plot_training import PAPER_ERROR, TITLES, cosine_curve, error_curve, save
-from render_tables import BEYOND, PAPER_CURVES, Record, Results, beyond_levers, runs_of, setting
+from render_tables import PAPER_CURVES, Record, Results, beyond_configs, beyond_levers, runs_of, setting
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
@@ -48,12 +48,10 @@ def accuracy_curves(record: Record) -> tuple[list[float], list[float], list[floa
 def plot_beyond(results: Results, out: Path) -> Path | None:
     """The figure (see the module docstring); None when no dataset has a complete beyond-paper run."""
     rows = []
-    for dataset, criteria in BEYOND.items():
-        groups = runs_of(results, **criteria)
-        if groups:
-            levers = [(f"config + {flags}", runs) for flags, runs in beyond_levers(results, dataset)]
-            rows.append((dataset, [("beyond-paper config", groups[0]), *levers],
-                         [r for g in runs_of(results, **PAPER_CURVES[dataset]) for r in g]))
+    for dataset, config in beyond_configs(results):
+        levers = [(f"config + {flags}", runs) for flags, runs in beyond_levers(results, dataset)]
+        rows.append((dataset, [("beyond-paper config", config), *levers],
+                     [r for g in runs_of(results, **PAPER_CURVES[dataset]) for r in g]))
     if not rows:
         return None
     fig, axes = plt.subplots(len(rows), 3, figsize=(19, 6.5 * len(rows)), squeeze=False)

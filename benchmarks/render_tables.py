@@ -557,11 +557,7 @@ BEYOND_BASELINES = (
 
 def block_beyond(results: Results) -> str:
     rows, firsts = [], []
-    for dataset, criteria in BEYOND.items():
-        groups = runs_of(results, **criteria)
-        if not groups:
-            continue
-        runs = groups[0]
+    for dataset, runs in beyond_configs(results):
         paper = select(results, **PAPER_CURVES[dataset])
         rows.append([DATASETS[dataset], "EP, beyond-paper config", f"**{error_of(runs)}**", seeds_of(runs),
                      per_run(runs), pct(BAR[dataset]), longest_minutes(runs),
@@ -587,6 +583,11 @@ def block_beyond(results: Results) -> str:
             "curves in every run of this table.")
 
 
+def beyond_configs(results: Results) -> list[tuple[str, list[Record]]]:
+    """Each dataset with a complete run of its beyond-paper configuration: (the dataset, the configuration's seeds)."""
+    return [(dataset, groups[0]) for dataset, criteria in BEYOND.items() if (groups := runs_of(results, **criteria))]
+
+
 def beyond_levers(results: Results, dataset: str) -> list[tuple[str, list[Record]]]:
     """The full-length lever runs on a beyond-paper configuration: (the flags added to its command, the seeds)."""
     baselines = {template.format(flag=FLAGS_OF[dataset]) for _, template in BEYOND_BASELINES}
@@ -601,11 +602,7 @@ def beyond_levers(results: Results, dataset: str) -> list[tuple[str, list[Record
 
 def block_beyond_summary(results: Results) -> str:
     rows = []
-    for dataset, criteria in BEYOND.items():
-        groups = runs_of(results, **criteria)
-        if not groups:
-            continue
-        config = groups[0]
+    for dataset, config in beyond_configs(results):
         flags, best = min([("", config), *beyond_levers(results, dataset)], key=lambda lever: mean_error(lever[1]))
         met = len(config) >= 3 and mean_error(config) <= BAR[dataset]
         rows.append([DATASETS[dataset], pct(BAR[dataset]), f"{error_of(config)} ({seeds_of(config)})",
@@ -621,11 +618,7 @@ def block_beyond_summary(results: Results) -> str:
 
 def block_beyond_levers(results: Results) -> str:
     rows = []
-    for dataset, criteria in BEYOND.items():
-        base_groups = runs_of(results, **criteria)
-        if not base_groups:
-            continue
-        base = base_groups[0]
+    for dataset, base in beyond_configs(results):
         for flags, group in beyond_levers(results, dataset):
             rows.append([DATASETS[dataset], code(flags), error_of(group), seeds_of(group), error_of(base),
                          points(mean_error(group) - mean_error(base)), longest_minutes(group)])
