@@ -76,14 +76,24 @@ class SpikingConv2d(nn.Module):
 
     def forward_drive(self, s_in: Tensor) -> tuple[Tensor, Tensor | None]:
         """``P(W * s_in + b)`` and the max-pooling indices (``None`` unless max pooling). Average pooling is
-        folded into the convolution (see ``avg_pooled_weight``), which is exact and ~3x fewer FLOPs."""
+        folded into the convolution (see ``avg_pooled_weight``), which is exact and ~3x fewer FLOPs.
+
+        Args:
+            s_in: the input layer's (transmitted) state, ``(B, *in_shape)``.
+        """
         if self.pooling == "avg":
             conv = self.conv
             return F.conv2d(s_in, self.avg_pooled_weight(), conv.bias, self.pool_size, conv.padding), None
         return pool(self.conv(s_in), self.pooling, self.pool_size)
 
     def feedback(self, s_out: Tensor, indices: Tensor | None) -> Tensor:
-        """``W^T *' P^T(s_out)``: the gradient of the coupling with respect to ``s_in``."""
+        """``W^T *' P^T(s_out)``: the gradient of the coupling with respect to ``s_in``, ``(B, *in_shape)``.
+
+        Args:
+            s_out: the output layer's (transmitted) state, ``(B, *out_shape)``.
+            indices: the max-pooling indices ``forward_drive`` returned for the current input (needed with max
+                pooling; ignored, and may be None, otherwise).
+        """
         padding = self.conv.padding
         if self.pooling == "avg":
             k, w = self.pool_size, self.avg_pooled_weight()
@@ -109,7 +119,12 @@ class SpikingConv2d(nn.Module):
         return wp
 
     def coupling(self, s_in: Tensor, s_out: Tensor) -> Tensor:
-        """Per-sample ``<s_out, P(W * s_in + b)>``."""
+        """Per-sample ``<s_out, P(W * s_in + b)>``, shape ``(B,)``.
+
+        Args:
+            s_in: the input layer's state, ``(B, *in_shape)``.
+            s_out: the output layer's state, ``(B, *out_shape)``.
+        """
         return (s_out * self.forward_drive(s_in)[0]).flatten(1).sum(1)
 
 
@@ -145,11 +160,28 @@ class SpikingLinear(nn.Module):
         self.neuron = SigmaDelta(threshold, graded, spike_grad)
 
     def forward_drive(self, s_in: Tensor) -> tuple[Tensor, None]:
+        """``W flatten(s_in) + b``, ``(B, features)``, and ``None`` (no pooling indices).
+
+        Args:
+            s_in: the input layer's (transmitted) state, ``(B, *in_shape)``.
+        """
         return self.linear(s_in.flatten(1)), None
 
     def feedback(self, s_out: Tensor, indices: Tensor | None = None) -> Tensor:
+        """``W^T s_out`` shaped ``(B, *in_shape)``: the gradient of the coupling with respect to ``s_in``.
+
+        Args:
+            s_out: the output layer's (transmitted) state, ``(B, features)``.
+            indices: unused (no pooling); accepted so that every block has the same signature (default None).
+        """
         return (s_out @ self.linear.weight).view(s_out.shape[0], *self.in_shape)
 
     def coupling(self, s_in: Tensor, s_out: Tensor) -> Tensor:
+        """Per-sample ``<s_out, W flatten(s_in) + b>``, shape ``(B,)``.
+
+        Args:
+            s_in: the input layer's state, ``(B, *in_shape)``.
+            s_out: the output layer's state, ``(B, features)``.
+        """
         return (s_out * self.linear(s_in.flatten(1))).sum(1)
 

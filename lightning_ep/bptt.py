@@ -22,7 +22,14 @@ from lightning_ep.phases import check_steps, run_free_phase
 
 @dataclass
 class BPTTResult:
-    """``loss.backward()`` writes the BPTT gradient."""
+    """``loss.backward()`` writes the BPTT gradient.
+
+    Attributes:
+        loss: the batch's mean loss (a scalar, with the autograd graph).
+        logits: the free state's logits, ``(B, num_classes)`` (the prediction).
+        free: the free phase.
+        nudged: the nudged phase the loss is taken after (``nudged_bptt_loss``; None for ``bptt_loss``).
+    """
 
     loss: Tensor
     logits: Tensor
@@ -135,5 +142,11 @@ def _finite_mean_loss(net: ConvergentNetwork, state: NetworkState, y: Tensor) ->
 
 def draw_nudges(beta: float, batch: int, generator: torch.Generator | None = None) -> Tensor:
     """One nudge strength per sample, drawn uniformly from [-beta, beta] (float64, on the CPU, from ``generator``):
-    per sample rather than one per batch, so that the batch's gradient averages over the nudges."""
+    per sample rather than one per batch, so that the batch's gradient averages over the nudges.
+
+    Args:
+        beta: the largest nudge strength, dimensionless (finite, >= 0; e.g. EP's ``beta``).
+        batch: the number of samples, one nudge each (integer >= 0).
+        generator: a CPU generator to draw from (None: the global one).
+    """
     return (2.0 * torch.rand(batch, generator=generator, dtype=torch.float64) - 1.0) * beta

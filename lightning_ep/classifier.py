@@ -40,7 +40,13 @@ class ImageClassifier(LightningModule):
 
     # -- what a subclass supplies ---------------------------------------------------------------------------
     def evaluate(self, x: Tensor, y: Tensor, stage: str) -> tuple[Tensor, Tensor]:
-        """Logits and mean loss of a batch of prepared images (no autograd needed); may log more under ``stage``."""
+        """Logits and mean loss of a batch of prepared images (no autograd needed); may log more under ``stage``.
+
+        Args:
+            x: the prepared images (``images``), ``(B, *input_shape)``, floats of the parameters' dtype.
+            y: the labels, ``(B,)`` integer class indices in ``[0, num_classes)``.
+            stage: ``'val'`` or ``'test'``: the prefix of what it logs (e.g. ``'val/...'``).
+        """
         raise NotImplementedError
 
     def param_groups(self) -> list[list[nn.Parameter]]:
@@ -49,11 +55,20 @@ class ImageClassifier(LightningModule):
 
     # -- batches --------------------------------------------------------------------------------------------
     def images(self, x: Any) -> Tensor:
-        """``x`` as float images of the parameters' dtype (see ``lightning_ep.inputs``)."""
+        """``x`` as float images of the parameters' dtype (see ``lightning_ep.inputs``).
+
+        Args:
+            x: a tensor of images: ``uint8`` pixels (0..255) or floats of unit scale ([0, 1] or standardised).
+        """
         return prepare_images(x, next(self.parameters()).dtype)
 
     def unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """A training/evaluation batch (tuple, list or dict) as prepared ``(images, labels)``."""
+        """A training/evaluation batch (tuple, list or dict) as prepared ``(images, labels)``.
+
+        Args:
+            batch: a tuple or list ``(images, labels, ...)``, or a dict with an image and a label key (see
+                ``lightning_ep.inputs.IMAGE_KEYS`` / ``LABEL_KEYS``).
+        """
         x, y = unpack_batch(batch)
         return self.images(x), y  # type: ignore[return-value]
 

@@ -40,7 +40,11 @@ def wandb_logged_in() -> bool:
 
 
 def default_logger(project: str) -> dict[str, Any]:
-    """W&B when installed (offline without a login or with WANDB_MODE=offline), else CSV."""
+    """W&B when installed (offline without a login or with WANDB_MODE=offline), else CSV.
+
+    Args:
+        project: the W&B project name (a string; unused by the CSV logger).
+    """
     if importlib.util.find_spec("wandb") is None:
         rank_zero_info("wandb is not installed: logging to CSV under runs/ (pip install 'lightning_ep[wandb]').")
         return {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": RUNS_DIR}}
@@ -187,7 +191,11 @@ def build_cli(
 
 
 def fit_and_test(cli: LightningCLI) -> dict[str, float]:
-    """Fit (resuming from ``--ckpt_path`` when given), test, print the test accuracy, close the W&B run."""
+    """Fit (resuming from ``--ckpt_path`` when given), test, print the test accuracy, close the W&B run.
+
+    Args:
+        cli: a LightningCLI built with ``run=False`` (e.g. by ``build_cli``): its trainer, model and datamodule.
+    """
     ckpt_path = cli.config.get("ckpt_path") if hasattr(cli.config, "get") else None
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule)

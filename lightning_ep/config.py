@@ -104,7 +104,11 @@ class NetworkConfig:
 
     @classmethod
     def of(cls, net: ConvergentNetwork) -> NetworkConfig:
-        """The configuration that builds a network like ``net`` (its layer stack, loss, threshold and spikes)."""
+        """The configuration that builds a network like ``net`` (its layer stack, loss, threshold and spikes).
+
+        Args:
+            net: the network (a ``ConvergentNetwork``); its weights are not part of the configuration.
+        """
         return cls(input_shape=net.input_shape, num_classes=net.num_classes, layers=tuple(net.layer_specs),
                    loss=net.loss_kind, threshold=net.threshold, graded=net.blocks[0].neuron.graded)
 
@@ -248,7 +252,14 @@ Config = TypeVar("Config")
 
 
 def coerce(cls: type[Config], value: Config | Mapping[str, Any] | None, name: str) -> Config:
-    """``value`` as a ``cls``: itself, or built from its fields (a dict, as checkpoints store it)."""
+    """``value`` as a ``cls``: itself, or built from its fields (a dict, as checkpoints store it).
+
+    Args:
+        cls: the config dataclass (e.g. ``OptimConfig``).
+        value: a ``cls``, or a mapping of some of its fields (the others keep their defaults); an unknown field
+            raises a ValueError, any other value (None included) a TypeError.
+        name: the argument's name in error messages (e.g. ``'optim'``).
+    """
     if isinstance(value, cls):
         return value
     if isinstance(value, Mapping):
@@ -261,7 +272,12 @@ def coerce(cls: type[Config], value: Config | Mapping[str, Any] | None, name: st
 
 
 def as_plain(value: Any) -> Any:
-    """A dataclass (nested) as dicts, lists and scalars only: what a checkpoint loads with ``weights_only``."""
+    """A dataclass (nested) as dicts, lists and scalars only: what a checkpoint loads with ``weights_only``.
+
+    Args:
+        value: any value: dataclass instances and mappings become dicts, lists and tuples lists (recursively);
+            anything else is returned as is.
+    """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: as_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):

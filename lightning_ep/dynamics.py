@@ -44,13 +44,25 @@ class StepRecorder(Protocol):
 
 @dataclass
 class NetworkState:
-    """States ``s`` and what each layer transmits ``r`` (``r is s`` when not spiking)."""
+    """States ``s`` and what each layer transmits ``r`` (``r is s`` when not spiking).
+
+    Attributes:
+        s: the states, one ``(B, *shape)`` tensor per layer (``net.state_shapes``, input side first), in [0, 1].
+        r: what each layer transmits: its Sigma-Delta reconstruction of ``s`` (same shapes; the tensors of ``s``
+            themselves when not spiking).
+    """
 
     s: list[Tensor]
     r: list[Tensor]
 
     @staticmethod
     def zeros(net: ConvergentNetwork, batch: int) -> NetworkState:
+        """The all-zero state (``net.zero_states``), with ``r`` holding the same tensors as ``s``.
+
+        Args:
+            net: the network whose layer shapes, device and dtype the state takes.
+            batch: the number of samples (integer >= 0).
+        """
         s = net.zero_states(batch)
         return NetworkState(s, list(s))
 
@@ -63,7 +75,19 @@ class Relaxation:
     """The end of a phase: the state, the steps run, the last step's largest state change, the spikes sent per
     layer (summed over the batch and the steps; zeros when not spiking) and the last step's mean absolute state
     change over all neurons of the batch (the largest is set by a few slow neurons; this says how many move).
-    ``mean_s``: the states averaged over the phase's last ``average_last`` steps (``None`` when not asked for)."""
+    ``mean_s``: the states averaged over the phase's last ``average_last`` steps (``None`` when not asked for).
+
+    Attributes:
+        state: the state the phase ended in.
+        steps: the steps run (integer; fewer than asked for when ``tol`` stopped the phase early).
+        last_change: the last step's largest absolute state change, in state units.
+        spikes: per layer, a 0-dim tensor counting the spikes sent (absolute counts, summed over the neurons, the
+            batch and the steps; zero when not spiking).
+        mean_change: the last step's mean absolute state change over all neurons of the batch, in state units
+            (default NaN: not measured).
+        mean_s: the states averaged over the last ``average_last`` steps, one ``(B, *shape)`` tensor per layer,
+            detached (default None: not asked for).
+    """
 
     state: NetworkState
     steps: int

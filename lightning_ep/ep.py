@@ -56,7 +56,16 @@ ESTIMATORS = ("symmetric", "one_sided", "random_sign")
 
 @dataclass
 class EPResult:
-    """``surrogate.backward()`` writes the EP gradient; the rest is for logging (all detached)."""
+    """``surrogate.backward()`` writes the EP gradient; the rest is for logging (all detached).
+
+    Attributes:
+        surrogate: the scalar ``mean((F(s_hi, b_hi) - F(s_lo, b_lo)) / (b_hi - b_lo))`` at detached states, whose
+            parameter gradient is the EP estimate.
+        logits: the free state's logits, ``(B, num_classes)`` (the prediction).
+        loss: the batch's mean loss at the free state (a scalar).
+        phases: the phases run, by name: ``'free'`` and ``'positive'`` and/or ``'negative'`` (the nudged ones).
+        free_state: the free phase's end state (``phases['free'].state``).
+    """
 
     surrogate: Tensor
     logits: Tensor

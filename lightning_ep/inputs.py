@@ -35,7 +35,13 @@ def _pick(batch: Mapping[str, Any], keys: tuple[str, ...], what: str, required: 
 
 
 def unpack_batch(batch: Any, labels_required: bool = True) -> tuple[Tensor, Tensor | None]:
-    """``(images, labels)`` of a tuple/list or dict batch (labels ``None`` when not required and absent)."""
+    """``(images, labels)`` of a tuple/list or dict batch (labels ``None`` when not required and absent).
+
+    Args:
+        batch: a tuple or list ``(images, labels, ...)`` (further items ignored), a dict with a key of ``IMAGE_KEYS``
+            and one of ``LABEL_KEYS``, or (labels not required) the images alone: a tensor or a 1-tuple.
+        labels_required: raise a ValueError when the batch has no labels (default True; False for prediction).
+    """
     if isinstance(batch, Mapping):
         return _pick(batch, IMAGE_KEYS, "the images", True), _pick(batch, LABEL_KEYS, "the labels", labels_required)
     if isinstance(batch, list | tuple):
@@ -52,7 +58,13 @@ def unpack_batch(batch: Any, labels_required: bool = True) -> tuple[Tensor, Tens
 
 def prepare_images(x: Any, dtype: torch.dtype) -> Tensor:
     """``x`` as float images of ``dtype``: ``uint8`` pixels divided by 255, float ones checked to be about unit
-    scale."""
+    scale.
+
+    Args:
+        x: the images, a ``torch.Tensor`` of ``uint8`` pixels (0..255) or of floats within
+            ``±MAX_FLOAT_MAGNITUDE`` ([0, 1] or standardised); anything else raises a ValueError.
+        dtype: the floating-point dtype of the result (e.g. ``torch.float32``).
+    """
     if not isinstance(x, Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype == torch.uint8:

@@ -223,7 +223,12 @@ class EPLightningModule(ImageClassifier):
 
     def run_bptt(self, x: Tensor, y: Tensor) -> BPTTResult:
         """BPTT's loss on a batch with this module's settings (``bptt.objective``); the nudge strengths come from
-        the module's generator."""
+        the module's generator.
+
+        Args:
+            x: the input batch, ``(B, *input_shape)``, float images scaled to [0, 1].
+            y: the labels, ``(B,)`` class indices in ``[0, num_classes)``.
+        """
         phases = self.phases
         if self.bptt.objective == "free":
             return bptt_loss(self.net, x, y, phases.t1, phases.update, phases.start, phases.omega, self.bptt.truncate)

@@ -156,12 +156,23 @@ class ConvergentNetwork(nn.Module):
         return self.threshold > 0.0
 
     def zero_states(self, batch: int) -> list[Tensor]:
+        """All-zero states, one ``(batch, *shape)`` tensor per layer (``state_shapes``), on the parameters' device
+        and dtype.
+
+        Args:
+            batch: the number of samples (integer >= 0).
+        """
         p = next(self.parameters())
         return [torch.zeros(batch, *shape, device=p.device, dtype=p.dtype) for shape in self.state_shapes]
 
     def check_input(self, x: Tensor, y: Tensor | None = None) -> None:
         """Raise a ValueError naming the problem with a batch ``x`` (and labels ``y``: class indices of any integer
-        dtype, which the engine converts to int64), NaN/inf inputs included."""
+        dtype, which the engine converts to int64), NaN/inf inputs included.
+
+        Args:
+            x: the input batch to check, expected ``(B, *input_shape)`` with finite values.
+            y: the labels to check, expected ``(B,)`` class indices in ``[0, num_classes)`` (None: check ``x`` only).
+        """
         check_batch(x, y, self.input_shape, self.num_classes)
         if not torch.isfinite(x).all():
             raise ValueError("input contains NaN or inf values: clean the data (e.g. torch.nan_to_num) first")
@@ -192,7 +203,12 @@ class ConvergentNetwork(nn.Module):
 
     # -- the energy and the loss: the single source of truth -------------------------------------------------
     def energy(self, x: Tensor, states: Sequence[Tensor]) -> Tensor:
-        """Per-sample Hopfield energy ``E(x, s)``."""
+        """Per-sample Hopfield energy ``E(x, s)``, shape ``(B,)``.
+
+        Args:
+            x: the input batch, ``(B, *input_shape)``.
+            states: the states, one ``(B, *shape)`` tensor per layer in ``state_shapes`` order (input side first).
+        """
         e = sum(0.5 * s.flatten(1).pow(2).sum(1) for s in states)
         inputs = [x, *states[:-1]]
         for block, s_in, s_out in zip(self.blocks, inputs, states, strict=True):
@@ -200,14 +216,23 @@ class ConvergentNetwork(nn.Module):
         return e
 
     def logits(self, states: Sequence[Tensor]) -> Tensor:
-        """The network's output: the last state layer (mse) or its linear read-out (ce)."""
+        """The network's output, ``(B, num_classes)``: the last state layer (mse) or its linear read-out (ce).
+
+        Args:
+            states: the states, one ``(B, *shape)`` tensor per layer in ``state_shapes`` order (input side first).
+        """
         if self.readout is None:
             return states[-1]
         return self.readout(states[-1].flatten(1))
 
     def loss(self, states: Sequence[Tensor], y: Tensor) -> Tensor:
         """Per-sample cost: ``1/2 |s_L - onehot(y)|^2`` (mse) or cross-entropy of the read-out (ce); ``y`` holds
-        class indices of any integer dtype."""
+        class indices of any integer dtype.
+
+        Args:
+            states: the states, one ``(B, *shape)`` tensor per layer in ``state_shapes`` order (input side first).
+            y: the labels, ``(B,)`` class indices in ``[0, num_classes)`` of any integer dtype.
+        """
         out = self.logits(states)
         y = y.long()  # one_hot and cross_entropy take int64 only (no copy when y is int64 already)
         if self.readout is None:
@@ -215,7 +240,14 @@ class ConvergentNetwork(nn.Module):
         return F.cross_entropy(out, y, reduction="none")
 
     def total_energy(self, x: Tensor, states: Sequence[Tensor], y: Tensor, beta: float) -> Tensor:
-        """Per-sample ``F = E + beta * loss``."""
+        """Per-sample ``F = E + beta * loss``, shape ``(B,)``.
+
+        Args:
+            x: the input batch, ``(B, *input_shape)``.
+            states: the states, one ``(B, *shape)`` tensor per layer in ``state_shapes`` order (input side first).
+            y: the labels, ``(B,)`` class indices in ``[0, num_classes)`` of any integer dtype.
+            beta: the nudge strength, dimensionless (a float; 0 gives the energy ``E`` alone).
+        """
         return self.energy(x, states) + beta * self.loss(states, y)
 
 

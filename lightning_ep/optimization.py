@@ -130,7 +130,12 @@ class OptimConfig:
             raise ValueError(f"accumulate_grad_batches must be an integer >= 1, got {self.accumulate_grad_batches}")
 
     def build_optimizer(self, param_groups: Sequence[Sequence[nn.Parameter]]) -> torch.optim.Optimizer:
-        """The optimizer over ``param_groups`` (one per block), with ``layer_lrs`` when given."""
+        """The optimizer over ``param_groups`` (one per block), with ``layer_lrs`` when given.
+
+        Args:
+            param_groups: the parameters by block, input side first: one sequence of ``nn.Parameter`` per block (as
+                many as ``layer_lrs`` when given).
+        """
         if self.layer_lrs is not None and len(self.layer_lrs) != len(param_groups):
             raise ValueError(f"layer_lrs needs one learning rate per block ({len(param_groups)}), got "
                              f"{len(self.layer_lrs)}")
@@ -148,24 +153,58 @@ class OptimConfig:
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int, epochs: int) -> Any | None:
         """The scheduler (None for 'none'): 'cosine' anneals to 0 over ``total_steps`` optimizer steps (or
-        ``epochs`` with ``scheduler_interval='epoch'``)."""
+        ``epochs`` with ``scheduler_interval='epoch'``).
+
+        Args:
+            optimizer: the optimizer whose learning rates it schedules (from ``build_optimizer``).
+            total_steps: the run's optimizer steps (integer; 'cosine' with ``scheduler_interval='step'`` only: >= 1,
+                else a ValueError).
+            epochs: the run's epochs (integer; 'cosine' with ``scheduler_interval='epoch'`` only: >= 1, else a
+                ValueError).
+        """
         if self.scheduler == "none":
             return None
         if self.scheduler == "cosine":
-            total = epochs if self.scheduler_interval == "epoch" else total_steps
-            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total), eta_min=0.0)
+            unit = self.scheduler_interval
+            total = epochs if unit == "epoch" else total_steps
+            if total < 1:
+                raise ValueError(f"the 'cosine' scheduler anneals over the run's {unit}s, but this run has no "
+                                 f"positive, bounded number of them (got {total}; -1: unbounded); set "
+                                 "--trainer.max_epochs (or max_steps) to a positive number, or choose "
+                                 "--model.optim.scheduler none")
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0.0)
         cls = resolve(self.scheduler, torch.optim.lr_scheduler.LRScheduler, "scheduler")
         return cls(optimizer, **self.scheduler_args)
 
     def lightning_config(self, param_groups: Sequence[Sequence[nn.Parameter]], trainer: Any,
                          monitor: str | None = None) -> Any:
         """What ``configure_optimizers`` returns for ``trainer``'s run (``monitor``: the metric a
-        ReduceLROnPlateau watches, under automatic optimization)."""
+        ReduceLROnPlateau watches, under automatic optimization).
+
+        Args:
+            param_groups: the parameters by block, input side first (as for ``build_optimizer``).
+            trainer: the run's Lightning ``Trainer``: its ``estimated_stepping_batches`` and ``max_epochs`` set the
+                schedule's length (None: 1 step, 1 epoch).
+            monitor: the logged metric the scheduler watches (e.g. ``'val/loss'``; default None: none).
+        """
         opt = self.build_optimizer(param_groups)
-        total = int(trainer.estimated_stepping_batches) if trainer is not None else 1
-        epochs = int(trainer.max_epochs or 1) if trainer is not None else 1
-        sched = self.build_scheduler(opt, total, epochs)
-        if sched is None:
+        if self.scheduler == "none":
             return opt
+        total, epochs = run_length(trainer)
+        sched = self.build_scheduler(opt, total, epochs)
         scheduler = {"scheduler": sched, "interval": self.scheduler_interval}
         return {"optimizer": opt, "lr_scheduler": scheduler if monitor is None else {**scheduler, "monitor": monitor}}
+
+
+def run_length(trainer: Any) -> tuple[int, int]:
+    """A run's optimizer steps and epochs as a schedule needs them (-1 where the run is unbounded; 1 and 1 without a
+    trainer).
+
+    Args:
+        trainer: the run's Lightning ``Trainer`` (its ``estimated_stepping_batches`` and ``max_epochs``), or None.
+    """
+    if trainer is None:
+        return 1, 1
+    steps = trainer.estimated_stepping_batches
+    epochs = trainer.max_epochs
+    return (int(steps) if math.isfinite(steps) else -1), (int(epochs) if epochs is not None else -1)

@@ -46,7 +46,11 @@ class ActiveEigenpair:
 
 
 def check_quadratic(net: ConvergentNetwork) -> None:
-    """Raise a ValueError unless every conv layer pools by average or not at all (the energy is then quadratic)."""
+    """Raise a ValueError unless every conv layer pools by average or not at all (the energy is then quadratic).
+
+    Args:
+        net: the network to check.
+    """
     for block in net.blocks:
         if getattr(block, "pooling", None) == "max":
             raise ValueError("the energy's curvature is defined here for average pooling or none: max pooling makes "
@@ -78,7 +82,17 @@ def active_eigenpair(
     Adjacent layers only are coupled, so ``A`` pairs the even layers with the odd ones: its spectrum is symmetric
     about 0, and the even and odd parts of ``A^2``'s top eigenvector, each normalised and signed to agree, give
     ``A``'s. Below 1: ``states`` is a strict local minimum of the energy over its active units; at or above 1, not.
-    0 for a sample with no active unit. Needs average pooling or none."""
+    0 for a sample with no active unit. Needs average pooling or none.
+
+    Args:
+        net: the network (average pooling or none).
+        states: a state of the network, one ``(B, *shape)`` tensor per layer (e.g. a free phase's ``state.s``).
+        iters: power-iteration rounds (integer >= 1; default 100); fewer rounds estimate the eigenvalue from below.
+        generator: draws the random start on the states' device (None: start from ones on the active units).
+
+    Raises:
+        ValueError: max pooling, or ``iters < 1``.
+    """
     check_quadratic(net)
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
@@ -129,7 +143,13 @@ def active_coupling_eigenvalue(
 
 def coupling_quadratic_form(net: ConvergentNetwork, u: Sequence[Tensor]) -> Tensor:
     """Per sample ``u^T A u`` with autograd through the weights: twice the bias-free coupling of adjacent layers. At a
-    unit top eigenvector ``u`` its gradient in the weights is the eigenvalue's (Hellmann-Feynman)."""
+    unit top eigenvector ``u`` its gradient in the weights is the eigenvalue's (Hellmann-Feynman).
+
+    Args:
+        net: the network (average pooling or none).
+        u: a direction in state space, one ``(B, *shape)`` tensor per layer (e.g. ``active_eigenpair``'s
+            ``vectors``).
+    """
     total = u[0].new_zeros(u[0].shape[0])
     for i in range(1, len(u)):
         block = net.blocks[i]

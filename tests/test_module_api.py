@@ -158,6 +158,18 @@ def test_bad_optimisation_arguments_raise(tmp_path, optim, match):
         module(optim=optim)
 
 
+def test_an_unbounded_run_refuses_cosine_and_trains_without_a_schedule():
+    """max_epochs=-1 and no max_steps: Lightning estimates infinite steps; cosine cannot anneal over them."""
+    from types import SimpleNamespace
+
+    unbounded = SimpleNamespace(estimated_stepping_batches=float("inf"), max_epochs=-1)
+    groups = [[torch.nn.Parameter(torch.zeros(2))]]
+    for interval in ("step", "epoch"):
+        with pytest.raises(ValueError, match=f"anneals over the run's {interval}s.*set --trainer.max_epochs"):
+            OptimConfig(scheduler_interval=interval).lightning_config(groups, unbounded)
+    assert isinstance(OptimConfig(scheduler="none").lightning_config(groups, unbounded), torch.optim.Optimizer)
+
+
 def test_reduce_on_plateau_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="monitored metric"):
         module(optim={"scheduler": partial(torch.optim.lr_scheduler.ReduceLROnPlateau)})

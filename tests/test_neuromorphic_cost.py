@@ -215,6 +215,8 @@ def test_latency_on_a_constructed_network(threshold):
     assert cost.latency.tolist() == [3, 1]
     assert trace_cost(net, trace, steps=2).latency.tolist() == [1, 1]  # cut before the flip: never changed
     assert accuracy_at_steps(trace, torch.tensor([1, 1]), [2, 3, 10]) == {2: 0.0, 3: 0.5, 10: 0.5}
+    with pytest.raises(ValueError, match="integers >= 1"):  # step 0 would read the last step's answer
+        accuracy_at_steps(trace, torch.tensor([1, 1]), [0, 3])
     if threshold:
         # sample 1 by hand: layer 1 at 0.5 (step 1) then 1 (step 3), layer 2 at 0.5 (step 2) then 1 (step 4),
         # the output at 0.1 (step 1), (0.1, 0.5) (step 3), (0.1, 1) (step 5); sample 2: the output's bias only
@@ -427,6 +429,8 @@ def test_csnn_cost_against_hand_counts():
     # sample 0: counts (0,1) -> (1,1) -> (2,1): argmax 1, 0, 0 -> stable from step 2; sample 1: 0 every step -> 1
     assert cost.latency.tolist() == [2, 1]
     assert csnn_accuracy_at_steps(run, torch.tensor([0, 0]), [1, 2, 3, 30]) == {1: 0.5, 2: 1.0, 3: 1.0, 30: 1.0}
+    with pytest.raises(ValueError, match="integers >= 1"):
+        csnn_accuracy_at_steps(run, torch.tensor([0, 0]), [1.5])
 
 
 def test_csnn_simulate_cut_is_the_same_run_stopped_earlier():

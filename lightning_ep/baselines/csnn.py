@@ -250,7 +250,13 @@ class SnnTorchCSNN(ImageClassifier):
 
     def simulate(self, x: Tensor, steps: int | None = None) -> CSNNRun:
         """Present ``x`` for ``num_steps`` steps (or ``steps``: the same run cut earlier) from zero membranes
-        (autograd follows the caller's mode)."""
+        (autograd follows the caller's mode).
+
+        Args:
+            x: the input batch, ``(B, *input_shape)``, float images of the parameters' dtype (prepared, e.g. by
+                ``images``: scaled to [0, 1]).
+            steps: time steps to present it for (integer >= 1), or None (default) for ``num_steps``.
+        """
         check_batch(x, None, self.input_shape, self.hparams.num_classes)
         image_current = self._current(0, x)  # the image is static: its current is the same at every step
         membranes: list[Tensor | None] = [None] * len(self.neurons)
@@ -280,7 +286,12 @@ class SnnTorchCSNN(ImageClassifier):
         return self.simulate(self.images(x)).spike_counts
 
     def loss(self, run: CSNNRun, y: Tensor) -> Tensor:
-        """The batch's mean loss (``ce_rate`` / ``mse_count``) on the output spikes."""
+        """The batch's mean loss (``ce_rate`` / ``mse_count``) on the output spikes.
+
+        Args:
+            run: the batch's presentation, as ``simulate`` returns it.
+            y: the batch's labels, ``(B,)`` class indices in ``[0, num_classes)`` of any integer dtype.
+        """
         return self.loss_fn(run.output_spikes, y.long()).reshape(())
 
     # -- training and evaluation ----------------------------------------------------------------------------

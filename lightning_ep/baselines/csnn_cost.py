@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lightning_ep.baselines.csnn import CSNNRun, SnnTorchCSNN, conv_output_shapes
-from lightning_ep.neuromorphic import NeuromorphicCost, conv_windows, latency_steps
+from lightning_ep.neuromorphic import NeuromorphicCost, accuracy_if_cut, conv_windows, latency_steps
 
 
 def csnn_fan_out(module: SnnTorchCSNN) -> list[Tensor]:
@@ -95,4 +95,4 @@ def csnn_accuracy_at_steps(run: CSNNRun, y: Tensor, steps: Sequence[int]) -> dic
         steps: the step counts to cut at (beyond the steps run: the last step).
     """
     predictions = csnn_predictions_per_step(run)
-    return {t: float((predictions[min(t, predictions.shape[0]) - 1] == y).double().mean()) for t in steps}
+    return accuracy_if_cut(predictions, y, steps)

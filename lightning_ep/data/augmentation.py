@@ -76,7 +76,13 @@ class Augmentation:
         return torch.cat([shifts, flips], dim=1)
 
     def draws(self, epoch: int, indices: torch.Tensor) -> torch.Tensor:
-        """The (dy, dx, flip) of each sample index in ``indices`` at ``epoch``, as an (N, 3) int64 tensor."""
+        """The (dy, dx, flip) of each sample index in ``indices`` at ``epoch``, as an (N, 3) int64 tensor.
+
+        Args:
+            epoch: the training epoch (integer; each epoch draws anew).
+            indices: the samples' indices in the dataset, (N,) integers >= 0 (a tensor, or what ``torch.as_tensor``
+                takes).
+        """
         indices = torch.as_tensor(indices, dtype=torch.int64)
         if indices.numel() and int(indices.min()) < 0:
             raise ValueError(f"sample indices must be >= 0, got {int(indices.min())}")

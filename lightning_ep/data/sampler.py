@@ -36,6 +36,11 @@ class EpochSeededSampler(Sampler[int]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Make the next pass the permutation of ``epoch``.
+
+        Args:
+            epoch: the epoch (integer >= 0; ``seed + epoch`` seeds the permutation).
+        """
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
@@ -84,11 +89,21 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": self._pass_epoch, "batches": self._yielded}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Skip ``state_dict["batches"]`` batches at the next pass, if it is of epoch ``state_dict["epoch"]``."""
+        """Skip ``state_dict["batches"]`` batches at the next pass, if it is of epoch ``state_dict["epoch"]``.
+
+        Args:
+            state_dict: what ``state_dict`` returned: ``{"epoch": int or None, "batches": int >= 0}``.
+        """
         self.resume_at(state_dict["epoch"], int(state_dict["batches"]))
 
     def resume_at(self, epoch: int | None, batches: int) -> None:
-        """Make the next pass skip its first ``batches`` batches when it is a pass of ``epoch``."""
+        """Make the next pass skip its first ``batches`` batches when it is a pass of ``epoch``.
+
+        Args:
+            epoch: the epoch of the pass to continue (integer; None: the next pass; ignored without a sampler epoch).
+            batches: the batches already trained in that pass, read and dropped (integer >= 0; 0, or at least the
+                pass's length, skips none).
+        """
         if batches < 0:
             raise ValueError(f"batches must be >= 0, got {batches}")
         self._resume = (epoch, batches)

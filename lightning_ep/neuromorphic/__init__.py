@@ -47,7 +47,7 @@ neurons reach fewer outputs than interior ones (``NeuromorphicCost.synops_exact`
 """
 
 from lightning_ep.neuromorphic.cost import NeuromorphicCost, combine, phase_cost, training_step_cost
-from lightning_ep.neuromorphic.latency import accuracy_at_steps, latency_steps
+from lightning_ep.neuromorphic.latency import accuracy_at_steps, accuracy_if_cut, latency_steps
 from lightning_ep.neuromorphic.synapses import (
     conv_windows,
     dense_macs_per_step,
@@ -67,6 +67,7 @@ __all__ = [
     "NeuromorphicCost",
     "StepTrace",
     "accuracy_at_steps",
+    "accuracy_if_cut",
     "combine",
     "conv_windows",
     "dense_macs_per_step",

@@ -71,7 +71,11 @@ class NeuromorphicCost:
         return self.total_synops / self.total_dense_macs if self.total_dense_macs else float("nan")
 
     def metrics(self, prefix: str) -> dict[str, float]:
-        """Per-sample figures, ``<prefix>/<quantity>[_layer<l>]`` (``l`` = 1 next to the input)."""
+        """Per-sample figures, ``<prefix>/<quantity>[_layer<l>]`` (``l`` = 1 next to the input).
+
+        Args:
+            prefix: the start of every key, e.g. ``'train/cost'`` (as ``NeuromorphicCostMonitor`` logs them).
+        """
         n = max(self.samples, 1)
         out: dict[str, float] = {}
         for name, values in (("spikes", self.spikes), ("synops", self.synops), ("dense_macs", self.dense_macs)):
@@ -91,7 +95,14 @@ class NeuromorphicCost:
 
 
 def combine(costs: Sequence[NeuromorphicCost]) -> NeuromorphicCost:
-    """The phases of one batch together (the same samples; steps, counts and MACs add; the first latency kept)."""
+    """The phases of one batch together (the same samples; steps, counts and MACs add; the first latency kept).
+
+    Args:
+        costs: the phases' costs (non-empty, all with the same ``samples`` and number of layers).
+
+    Raises:
+        ValueError: ``costs`` empty or of different ``samples``.
+    """
     if not costs:
         raise ValueError("combine needs at least one cost")
     samples = costs[0].samples

@@ -35,8 +35,28 @@ def latency_steps(predictions: Tensor) -> Tensor:
 
 
 def accuracy_at_steps(trace: StepTrace, y: Tensor, steps: Sequence[int]) -> dict[int, float]:
-    """Accuracy if inference were cut after each of ``steps`` (a phase that stopped earlier keeps its answer)."""
+    """Accuracy if inference were cut after each of ``steps`` (a phase that stopped earlier keeps its answer).
+
+    Args:
+        trace: the ``StepTrace`` of the phase (at least one step recorded, else a ValueError).
+        y: the batch's labels, ``(B,)`` class indices on the trace's device.
+        steps: the step counts to cut at (integers >= 1; beyond the steps recorded: the last step).
+    """
     predictions = trace.predictions_per_step()
     if predictions.shape[0] < 1:
         raise ValueError("the trace holds no step")
+    return accuracy_if_cut(predictions, y, steps)
+
+
+def accuracy_if_cut(predictions: Tensor, y: Tensor, steps: Sequence[int]) -> dict[int, float]:
+    """Accuracy of the predictions after each of ``steps`` (beyond the steps recorded: the last step's answer).
+
+    Args:
+        predictions: the predicted class of each sample after each step, shape ``(steps >= 1, batch)``.
+        y: the batch's labels, ``(B,)`` class indices on the predictions' device.
+        steps: the step counts to cut at (integers >= 1, else a ValueError).
+    """
+    bad = [t for t in steps if isinstance(t, bool) or not isinstance(t, int) or t < 1]
+    if bad:
+        raise ValueError(f"steps to cut at must be integers >= 1 (step 1 is the first step), got {bad}")
     return {t: float((predictions[min(t, predictions.shape[0]) - 1] == y).double().mean()) for t in steps}

@@ -36,7 +36,11 @@ def _engine_conv(block: SpikingConv2d) -> tuple[int, int, int]:
 
 
 def forward_fan_out(block: nn.Module) -> Tensor:
-    """Per neuron of the block's input (shape ``block.in_shape``): the outputs its forward drive reaches."""
+    """Per neuron of the block's input (shape ``block.in_shape``): the outputs its forward drive reaches.
+
+    Args:
+        block: a ``SpikingConv2d`` or ``SpikingLinear`` block of a network (any other type: a TypeError).
+    """
     if isinstance(block, SpikingLinear):
         return torch.full(block.in_shape, float(block.out_shape[0]), dtype=torch.float64)
     if isinstance(block, SpikingConv2d):
@@ -47,7 +51,11 @@ def forward_fan_out(block: nn.Module) -> Tensor:
 
 def feedback_fan_out(block: nn.Module) -> Tensor:
     """Per neuron of the block's output (shape ``block.out_shape``): the input neurons its feedback reaches through
-    the transposed synapses (max pooling: through the winning conv position; its window's mean unless padding 0)."""
+    the transposed synapses (max pooling: through the winning conv position; its window's mean unless padding 0).
+
+    Args:
+        block: a ``SpikingConv2d`` or ``SpikingLinear`` block of a network (any other type: a TypeError).
+    """
     if isinstance(block, SpikingLinear):
         return torch.full(block.out_shape, float(block.linear.in_features), dtype=torch.float64)
     if isinstance(block, SpikingConv2d):
@@ -61,13 +69,21 @@ def feedback_fan_out(block: nn.Module) -> Tensor:
 
 def synapses(block: nn.Module) -> float:
     """The synapses of a block as the engine computes them (avg pooling: the folded strided conv; max or none: the
-    stride-1 conv before pooling); a dense pass in either direction costs this many MACs a sample."""
+    stride-1 conv before pooling); a dense pass in either direction costs this many MACs a sample.
+
+    Args:
+        block: a ``SpikingConv2d`` or ``SpikingLinear`` block of a network (any other type: a TypeError).
+    """
     return float(forward_fan_out(block).sum())
 
 
 def fan_out(net: ConvergentNetwork) -> list[Tensor]:
     """Per state layer (shape ``net.state_shapes[l]``, float64): the synapses one spike of each neuron reaches,
-    forward through block ``l+1`` plus feedback through block ``l`` (see the package docstring)."""
+    forward through block ``l+1`` plus feedback through block ``l`` (see the package docstring).
+
+    Args:
+        net: the network (its blocks ``SpikingConv2d`` or ``SpikingLinear``).
+    """
     maps = []
     blocks = list(net.blocks)
     for layer, shape in enumerate(net.state_shapes):
@@ -82,26 +98,44 @@ def fan_out(net: ConvergentNetwork) -> list[Tensor]:
 
 def dense_macs_per_step(net: ConvergentNetwork) -> list[float]:
     """Per state layer (as sender), a sample's MACs of one dense dynamics step: its forward drive of the layer above
-    and its feedback to the layer below (the feedback of block ``l``, over the whole unpooled map with max pooling)."""
+    and its feedback to the layer below (the feedback of block ``l``, over the whole unpooled map with max pooling).
+
+    Args:
+        net: the network (its blocks ``SpikingConv2d`` or ``SpikingLinear``).
+    """
     blocks = list(net.blocks)
     return [(synapses(blocks[layer + 1]) if layer + 1 < len(blocks) else 0.0)
             + (synapses(blocks[layer]) if layer >= 1 else 0.0) for layer in range(len(blocks))]
 
 
 def sweep_macs(net: ConvergentNetwork) -> list[float]:
-    """Per state layer, a sample's MACs of the feed-forward start's sweep (its forward drive of the layer above)."""
+    """Per state layer, a sample's MACs of the feed-forward start's sweep (its forward drive of the layer above).
+
+    Args:
+        net: the network (its blocks ``SpikingConv2d`` or ``SpikingLinear``).
+    """
     blocks = list(net.blocks)
     return [synapses(blocks[layer + 1]) if layer + 1 < len(blocks) else 0.0 for layer in range(len(blocks))]
 
 
 def input_macs(net: ConvergentNetwork) -> float:
-    """A sample's MACs of the first block's drive from the image (dense, once an inference, in every network)."""
+    """A sample's MACs of the first block's drive from the image (dense, once an inference, in every network).
+
+    Args:
+        net: the network (its blocks ``SpikingConv2d`` or ``SpikingLinear``).
+    """
     return synapses(net.blocks[0])
 
 
 def readout_macs(net: ConvergentNetwork, steps: int, nudged: bool) -> float:
     """A sample's MACs of the ``loss='ce'`` read-out in a phase: the logits once (free) or, nudged, the read-out and
-    its transpose every step; 0 with ``loss='mse'``."""
+    its transpose every step; 0 with ``loss='mse'``.
+
+    Args:
+        net: the network (its ``readout``: the ce read-out, or None with ``loss='mse'``).
+        steps: dynamics steps of the phase (integer >= 0; counts only when ``nudged``).
+        nudged: a nudged phase (the read-out and its transpose every step) rather than a free one (the logits once).
+    """
     if net.readout is None:
         return 0.0
     return float(net.readout.weight.numel()) * (2 * steps if nudged else 1)
@@ -109,6 +143,13 @@ def readout_macs(net: ConvergentNetwork, steps: int, nudged: bool) -> float:
 
 def phase_dense_macs(net: ConvergentNetwork, samples: int, steps: int, swept: bool) -> list[float]:
     """Per state layer, the dense MACs of a phase of ``steps`` steps on ``samples`` samples (``swept``: plus the
-    feed-forward start's sweep)."""
+    feed-forward start's sweep).
+
+    Args:
+        net: the network (its blocks ``SpikingConv2d`` or ``SpikingLinear``).
+        samples: samples of the batch (integer >= 0).
+        steps: dynamics steps of the phase (integer >= 0; the sweep not counted).
+        swept: the phase started from the feed-forward sweep (add the sweep's forward drives once a sample).
+    """
     per_step, sweep = dense_macs_per_step(net), sweep_macs(net)
     return [samples * (steps * a + (b if swept else 0.0)) for a, b in zip(per_step, sweep, strict=True)]

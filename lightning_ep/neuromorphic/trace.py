@@ -60,7 +60,14 @@ class StepTrace:
         return self.start is not None
 
     def record_step(self, net: ConvergentNetwork, s: Sequence[Tensor], sent: Sequence[Tensor | None]) -> None:
-        """Called by ``relax`` at the end of every step."""
+        """Called by ``relax`` at the end of every step.
+
+        Args:
+            net: the network being relaxed.
+            s: per state layer, the states after the step, ``(B, *net.state_shapes[l])``.
+            sent: per state layer, the signed spike counts it sent in the step (the state's shape), or None for a
+                layer that does not spike.
+        """
         counts, raster = self._count(net, s[0].shape[0], sent)
         self.counts.append(counts)
         self.raster.append(raster)
@@ -68,7 +75,14 @@ class StepTrace:
             self.predictions.append(net.logits([t.detach() for t in s]).argmax(1))
 
     def record_start(self, net: ConvergentNetwork, batch: int, sent: Sequence[Tensor | None]) -> None:
-        """Record the feed-forward sweep's spikes (sent from zero); called by the free phase."""
+        """Record the feed-forward sweep's spikes (sent from zero); called by the free phase.
+
+        Args:
+            net: the network being relaxed.
+            batch: samples of the batch (integer >= 1).
+            sent: per state layer, the signed spike counts the sweep sent (the state's shape, ``(B, ...)``), or
+                None for a layer that does not spike.
+        """
         self.start = self._count(net, batch, sent)
 
     def _count(self, net: ConvergentNetwork, batch: int, sent: Sequence[Tensor | None]) -> tuple[Tensor, list[Tensor]]:
@@ -90,7 +104,11 @@ class StepTrace:
 
     def counts_per_step(self, kind: str) -> Tensor:
         """(steps, batch, layers): ``kind`` (one of ``COUNTS``: spikes, synops, events, event_synops) of each step
-        (the sweep excluded)."""
+        (the sweep excluded).
+
+        Args:
+            kind: which count: ``'spikes'``, ``'synops'``, ``'events'`` or ``'event_synops'`` (else a ValueError).
+        """
         if kind not in COUNTS:
             raise ValueError(f"unknown count {kind!r}: use one of {COUNTS}")
         if not self.counts:
@@ -107,7 +125,12 @@ class StepTrace:
 
     def raster_of(self, sample: int = 0) -> list[Tensor]:
         """Per layer, (rows, neurons) signed spike counts of one of the first ``raster_samples`` samples: the sweep
-        first (when recorded), then one row a step."""
+        first (when recorded), then one row a step.
+
+        Args:
+            sample: the sample's index in the batch (integer in ``[0, raster_samples)``, else a ValueError;
+                default 0).
+        """
         if not 0 <= sample < self.raster_samples:
             raise ValueError(f"sample {sample} was not recorded: the trace keeps the first {self.raster_samples}")
         rows = ([self.start[1]] if self.start is not None else []) + self.raster
