@@ -146,6 +146,19 @@ def machine(record: Record, full: bool = False) -> str:
     return f"{cpu}, {threads}"
 
 
+def machines(runs: Sequence[Record]) -> str:
+    """Where a group of seeds ran: one machine, or each machine with its seeds."""
+    seeds: dict[str, list[int]] = {}
+    for r in runs:
+        seeds.setdefault(machine(r), []).append(r.get("seed"))
+    if len(seeds) == 1:
+        return next(iter(seeds))
+    if any(seed is None for ss in seeds.values() for seed in ss):  # older records: seeds not recorded
+        return " and ".join(sorted(seeds))
+    return " and ".join(f"{m} (seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, sorted(ss)))})"
+                        for m, ss in sorted(seeds.items()))
+
+
 def one(records: Sequence[Record], key: str) -> Any:
     """The value every record holds under ``key`` (an error when they differ)."""
     values = {json.dumps(r.get(key), sort_keys=True) for r in records}
@@ -556,7 +569,7 @@ BEYOND_BASELINES = (
 
 
 def block_beyond(results: Results) -> str:
-    rows, firsts = [], []
+    rows, configs = [], []
     for dataset, runs in beyond_configs(results):
         paper = select(results, **PAPER_CURVES[dataset])
         rows.append([DATASETS[dataset], "EP, beyond-paper config", f"**{error_of(runs)}**", seeds_of(runs),
@@ -570,13 +583,13 @@ def block_beyond(results: Results) -> str:
         rows.append([DATASETS[dataset], "EP, paper config (same validation split)", error_of(paper),
                      seeds_of(paper), "–", "–", longest_minutes(paper),
                      code(shown_command(paper[0], drop_seed=True))])
-        firsts.append(runs[0])
+        configs.append(runs)
     if not rows:
         return "No complete run of a beyond-paper configuration is recorded yet."
     header = ["dataset", "run", "test error", "runs", "per run", "bar (mean)", "wall time (longest)",
               "command (seed N: add `--seed_everything N`)"]
-    said = [f"{DATASETS[r['dataset']]}: {describe(r, RUN_ASPECTS)}, {r['max_epochs']} epochs, "
-            f"{r['train_samples']:,} training images, {machine(r)}" for r in firsts]
+    said = [f"{DATASETS[runs[0]['dataset']]}: {describe(runs[0], RUN_ASPECTS)}, {runs[0]['max_epochs']} epochs, "
+            f"{runs[0]['train_samples']:,} training images, {machines(runs)}" for runs in configs]
     return (table(header, rows, right=(2, 5, 6)) + "\n\nThe beyond-paper configurations: " + "; ".join(said)
             + ". Test error of the last epoch's weights on the 10,000 test images, tested once; mean ± sd over "
             "the seeds (sample standard deviation, n − 1). 5,000 training images are held out for the validation "
@@ -605,8 +618,8 @@ def block_beyond_summary(results: Results) -> str:
     for dataset, config in beyond_configs(results):
         flags, best = min([("", config), *beyond_levers(results, dataset)], key=lambda lever: mean_error(lever[1]))
         met = len(config) >= 3 and mean_error(config) <= BAR[dataset]
-        rows.append([DATASETS[dataset], pct(BAR[dataset]), f"{error_of(config)} ({seeds_of(config)})",
-                     f"{error_of(best)} ({seeds_of(best)}{', with ' + code(flags) if flags else ''})",
+        rows.append([DATASETS[dataset], pct(BAR[dataset]), f"{error_of(config)}; {seeds_of(config)}",
+                     f"{error_of(best)}; {seeds_of(best)}{', with ' + code(flags) if flags else ''}",
                      error_of(select(results, **PAPER_CURVES[dataset])), "**met**" if met else "not yet"])
     if not rows:
         return "No complete run of a beyond-paper configuration is recorded yet."
@@ -757,7 +770,7 @@ def block_thresholds(results: Results) -> str:
         rates = one(runs, "test_spike_rates") if len(runs) == 1 else None
         rows.append([_neuron(runs[0]), error_of(runs),
                      " / ".join(f"{x:.2f}" for x in rates) if rates else "–",
-                     f"{statistics.mean(r['wall_s'] for r in runs) / 60:.1f} min", machine(runs[0])])
+                     f"{statistics.mean(r['wall_s'] for r in runs) / 60:.1f} min", machines(runs)])
     return table(["network", "test error", "test spike rate, layers 1–4 (spikes per neuron per step)", "wall time",
                   "hardware"], rows, right=(1, 3))
 

@@ -224,21 +224,27 @@ def test_beyond_blocks(tmp_path: Path) -> None:
     assert "| snnTorch CSNN (BPTT, surrogate gradient) | 10.20 % |" in text
     assert "| EP, paper config (same validation split) | 8.96 % |" in text
     assert "shifts ≤ 2 px and left-right flips" in text and "MNIST |" not in text.replace("FashionMNIST |", "")
+    assert "55,000 training images, Intel Xeon, 2 threads. Test error" in text  # one machine: named once
+    moved = [*beyond_records()]
+    moved[1] = moved[1] | {"hardware": HARDWARE.replace("Intel(R) Xeon(R) Processor", "AMD EPYC 7B13")}
+    (tmp_path / "moved").mkdir()
+    text = rt.block_beyond(results_with(tmp_path / "moved", training=moved))
+    assert "AMD EPYC 7B13, 2 threads (seed 1) and Intel Xeon, 2 threads (seeds 0, 2)" in text  # each machine's seeds
     levers = rt.block_beyond_levers(results)
     assert "| FashionMNIST | `--data.shift 1` | 7.90 % | 1 run, seed 0 | 7.40 ± 0.30 % | +0.50 |" in levers
     assert "--model.method" not in levers  # a baseline is not a lever
     summary = rt.block_beyond_summary(results)
-    assert "| FashionMNIST | 7.50 % | 7.40 ± 0.30 % (3 seeds (0, 1, 2)) | 7.40 ± 0.30 % (3 seeds (0, 1, 2)) | 8.96 % " \
+    assert "| FashionMNIST | 7.50 % | 7.40 ± 0.30 %; 3 seeds (0, 1, 2) | 7.40 ± 0.30 %; 3 seeds (0, 1, 2) | 8.96 % " \
         "| **met** |" in summary
     seed_0, *others = [beyond_records()[0], *beyond_records()[3:]]
     for name in ("one", "lever"):
         (tmp_path / name).mkdir()
     summary = rt.block_beyond_summary(results_with(tmp_path / "one", training=[seed_0, *others]))
-    assert "| 7.40 % (1 run, seed 0) | 7.40 % (1 run, seed 0) |" in summary  # the config beats its lever (7.90 %)
+    assert "| 7.40 %; 1 run, seed 0 | 7.40 %; 1 run, seed 0 |" in summary  # the config beats its lever (7.90 %)
     assert "| not yet |" in summary  # one seed below the bar is not the bar met
     worse = seed_0 | {"test_error": 0.085}
     summary = rt.block_beyond_summary(results_with(tmp_path / "lever", training=[worse, *others]))
-    assert "| 8.50 % (1 run, seed 0) | 7.90 % (1 run, seed 0, with `--data.shift 1`) |" in summary
+    assert "| 8.50 %; 1 run, seed 0 | 7.90 %; 1 run, seed 0, with `--data.shift 1` |" in summary
     (tmp_path / "none").mkdir()
     empty = results_with(tmp_path / "none", training=[run(0.0896, train_samples=55000)])
     assert rt.block_beyond_summary(empty).startswith("No complete run")
