@@ -270,3 +270,17 @@ def test_plot_beyond_draws_the_selected_runs(tmp_path: Path, monkeypatch: pytest
                          "beyond-paper config, seed 2: test 7.70 %", "config + --data.shift 1, seed 0: test 7.90 %",
                          "paper config, seed 0: test 8.96 %"]  # the baselines (BPTT, CSNN) are not drawn
     assert plot_beyond.plot_beyond(results_with(tmp_path, training=records[-1:]), tmp_path / "none.png") is None
+
+
+def test_a_lever_study_compares_each_lever_with_the_run_without_one(tmp_path: Path) -> None:
+    """The run whose flags all runs share is the base; each other row shows its own flags and its difference."""
+    study = "python benchmarks/training.py fmnist --config recipes/configs/fmnist_best.yaml --data.shift 0 " \
+        "--trainer.max_epochs 6 --record benchmarks/results/levers_capacity.json"
+    records = [run(0.20, command=study + " --model.network.hidden '[512]'"), run(0.22, command=study),
+               run(0.25, command=study + " --model.optim.weight_decay 0.01")]
+    text = rt.lever_study(results_with(tmp_path, levers_capacity=records), "levers_capacity", "the flips-only config")
+    assert "| none (the flips-only config) | 22.00 % | – |" in text
+    assert "| --model.network.hidden [512] | 20.00 % | −2.00 |" in text
+    assert "| --model.optim.weight_decay 0.01 | 25.00 % | +3.00 |" in text
+    assert "`python benchmarks/training.py fmnist --config recipes/configs/fmnist_best.yaml --data.shift 0 " \
+        "--trainer.max_epochs 6 --record benchmarks/results/levers_capacity.json [lever flags]`" in text
