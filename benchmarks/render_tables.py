@@ -998,11 +998,11 @@ def lever_study(results: Results, source: str, base: str) -> str:
              pct(r["test_error"]), "–" if r is base_run else points(r["test_error"] - base_run["test_error"]),
              f"{r['wall_s'] / 60:.1f} min"] for r, p in zip(records, pairs, strict=True)]
     protocol = " ".join(f"{f} {v}" for f, v in pairs[0] if (f, v) in shared and f != "--record")
-    machines = "; ".join(sorted({machine(r) for r in records}))
+    where = "; ".join(sorted({machine(r) for r in records}))
     return (f"Each lever changes {base}, from seed 0 with the same batch order (the same initial weights where "
             f"the network's shape is unchanged): "
             f"`python benchmarks/training.py fmnist {protocol} --record benchmarks/results/{source}.json "
-            f"[lever flags]` ({machines}; wall times with the other core busy, as each record's note says). Test "
+            f"[lever flags]` ({where}; wall times with the other core busy, as each record's note says). Test "
             f"error on the 10,000 test images.\n\n"
             + table(["lever (flags added)", "test error", f"lever − {base} (points)", "wall time"], rows,
                     right=(1, 2, 3)))

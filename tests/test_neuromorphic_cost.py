@@ -431,6 +431,8 @@ def test_csnn_cost_against_hand_counts():
     assert csnn_accuracy_at_steps(run, torch.tensor([0, 0]), [1, 2, 3, 30]) == {1: 0.5, 2: 1.0, 3: 1.0, 30: 1.0}
     with pytest.raises(ValueError, match="integers >= 1"):
         csnn_accuracy_at_steps(run, torch.tensor([0, 0]), [1.5])
+    with pytest.raises(ValueError, match=r"steps >= 1, batch"):  # no step run: nothing to cut
+        csnn_accuracy_at_steps(CSNNRun(out_steps[:0], torch.zeros(0, 2, 2), [], []), torch.tensor([0, 0]), [1])
 
 
 def test_csnn_simulate_cut_is_the_same_run_stopped_earlier():

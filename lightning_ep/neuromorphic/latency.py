@@ -13,6 +13,12 @@ if TYPE_CHECKING:
     from lightning_ep.neuromorphic.trace import StepTrace
 
 
+def _check_predictions(predictions: Tensor) -> None:
+    """Raise a ValueError unless ``predictions`` is ``(steps >= 1, batch)``."""
+    if predictions.dim() != 2 or predictions.shape[0] < 1:
+        raise ValueError(f"predictions must be (steps >= 1, batch), got shape {tuple(predictions.shape)}")
+
+
 def latency_steps(predictions: Tensor) -> Tensor:
     """Per sample (column of a (steps, batch) tensor of predictions), the first step (1-based) from which the
     prediction equals the last one at every later step: 1 if it never changed, ``steps`` if it changed last step.
@@ -27,8 +33,7 @@ def latency_steps(predictions: Tensor) -> Tensor:
     Raises:
         ValueError: ``predictions`` not of shape ``(steps >= 1, batch)``.
     """
-    if predictions.dim() != 2 or predictions.shape[0] < 1:
-        raise ValueError(f"predictions must be (steps >= 1, batch), got shape {tuple(predictions.shape)}")
+    _check_predictions(predictions)
     changed = predictions != predictions[-1]
     step = torch.arange(1, predictions.shape[0] + 1, device=predictions.device)[:, None]
     return (changed * step).amax(0) + 1
@@ -52,10 +57,15 @@ def accuracy_if_cut(predictions: Tensor, y: Tensor, steps: Sequence[int]) -> dic
     """Accuracy of the predictions after each of ``steps`` (beyond the steps recorded: the last step's answer).
 
     Args:
-        predictions: the predicted class of each sample after each step, shape ``(steps >= 1, batch)``.
+        predictions: the predicted class of each sample after each step, shape ``(steps >= 1, batch)`` (e.g.
+            ``StepTrace.predictions_per_step()``).
         y: the batch's labels, ``(B,)`` class indices on the predictions' device.
         steps: the step counts to cut at (integers >= 1, else a ValueError).
+
+    Raises:
+        ValueError: ``predictions`` not of shape ``(steps >= 1, batch)``, or a step count below 1.
     """
+    _check_predictions(predictions)
     bad = [t for t in steps if isinstance(t, bool) or not isinstance(t, int) or t < 1]
     if bad:
         raise ValueError(f"steps to cut at must be integers >= 1 (step 1 is the first step), got {bad}")
