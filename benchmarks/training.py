@@ -7,6 +7,7 @@
     python benchmarks/training.py fmnist [the same flags] --ckpt_path runs/.../last.ckpt     # resume a cut run
     python benchmarks/training.py fmnist --data.val_size 0   # the whole training set: no validation, no curve
     python benchmarks/training.py fmnist-csnn --config recipes/configs/fmnist_csnn_best.yaml   # snnTorch's CSNN
+    python benchmarks/training.py mnist-csnn --config recipes/configs/mnist_csnn_best.yaml     # (on MNIST)
 (a resumed run keeps Lightning's Timer: its ``--trainer.max_time`` counts the earlier parts too)
 
 Each record: dataset, method ("ep"/"bptt"/"csnn"), spiking, pooling, epochs (trained, fractional), test_error (a
@@ -60,6 +61,7 @@ DATASETS = {  # the first argument: (DataModule, default config, LightningModule
     "fmnist": (FashionMNISTDataModule, "fmnist_demo.yaml", EPLightningModule),
     "mnist": (MNISTDataModule, "mnist_demo.yaml", EPLightningModule),
     "fmnist-csnn": (FashionMNISTDataModule, "fmnist_csnn_demo.yaml", SnnTorchCSNN),
+    "mnist-csnn": (MNISTDataModule, "mnist_csnn_demo.yaml", SnnTorchCSNN),
 }
 
 

@@ -179,7 +179,7 @@ def test_every_config_parses_and_trains_a_step(config, tmp_path, monkeypatch, re
     mnist = config.startswith("mnist")
     request.getfixturevalue("mnist_installed" if mnist else "fashion_mnist_installed")  # skip, or fail under CI
     datamodule = MNISTDataModule if mnist else FashionMNISTDataModule
-    model_class = SnnTorchCSNN if config.startswith("fmnist_csnn") else EPLightningModule
+    model_class = SnnTorchCSNN if "_csnn_" in config else EPLightningModule
     monkeypatch.chdir(tmp_path)
     cli = build_cli(datamodule, ROOT / "recipes" / "configs" / config, "test", args=[
         "--trainer.logger=false", "--trainer.max_steps=1", "--trainer.limit_val_batches=1",
