@@ -7,8 +7,8 @@ results tables do (``render_tables.BEYOND`` and ``render_tables.PAPER_CURVES``).
 complete beyond-paper run:
 
 - validation error by epoch, each seed of the beyond-paper configuration and each full-length lever run on it
-  (``render_tables.beyond_levers``) against the paper configuration's runs (all hold the same 5,000 training
-  images out);
+  (``render_tables.beyond_levers``), and each baseline (``render_tables.BEYOND_BASELINES``, dash-dotted) against
+  the paper configuration's runs (dashed; all hold the same 5,000 training images out);
 - training accuracy (the mean over the epoch's augmented training batches, as the weights change) against
   validation accuracy, so that overfitting can be seen (older paper-configuration records hold no training
   accuracy: their validation accuracy only);
@@ -26,7 +26,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from plot_training import PAPER_ERROR, TITLES, cosine_curve, error_curve, save
-from render_tables import PAPER_CURVES, Record, Results, beyond_configs, beyond_levers, runs_of, setting
+from render_tables import (
+    BEYOND_BASELINES,
+    FLAGS_OF,
+    PAPER_CURVES,
+    Record,
+    Results,
+    beyond_configs,
+    beyond_levers,
+    runs_of,
+    setting,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
@@ -50,13 +60,16 @@ def plot_beyond(results: Results, out: Path) -> Path | None:
     rows = []
     for dataset, config in beyond_configs(results):
         levers = [(f"config + {flags}", runs) for flags, runs in beyond_levers(results, dataset)]
-        rows.append((dataset, [("beyond-paper config", config), *levers],
+        baselines = [(f"baseline: {label}", runs) for label, template in BEYOND_BASELINES
+                     for runs in runs_of(results, dataset=dataset, command=template.format(flag=FLAGS_OF[dataset]))]
+        rows.append((dataset, [("beyond-paper config", config), *levers], baselines,
                      [r for g in runs_of(results, **PAPER_CURVES[dataset]) for r in g]))
     if not rows:
         return None
     fig, axes = plt.subplots(len(rows), 3, figsize=(19, 6.5 * len(rows)), squeeze=False)
-    for (dataset, beyond, paper), (ax_err, ax_acc, ax_cos) in zip(rows, axes, strict=True):
-        styled = [(runs, config, COLOURS[i % len(COLOURS)], "-") for i, (config, runs) in enumerate(beyond)]
+    for (dataset, beyond, baselines, paper), (ax_err, ax_acc, ax_cos) in zip(rows, axes, strict=True):
+        styled = [(runs, config, COLOURS[i % len(COLOURS)], "-" if i < len(beyond) else "-.")
+                  for i, (config, runs) in enumerate([*beyond, *baselines])]
         for runs, config, colour, style in (*styled, (paper, "paper config", "tab:grey", "--")):
             for record in runs:
                 name = run_name(record, config)

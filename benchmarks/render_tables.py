@@ -181,6 +181,7 @@ def produced_by(records: Sequence[Record], source: str) -> str:
 FLAGS: dict[str, tuple[str, ...]] = {
     "curvature_bound": ("--model.curvature.bound", "--model.curvature_bound"),
     "curvature_iters": ("--model.curvature.iters", "--model.curvature_iters"),
+    "curvature_every": ("--model.curvature.every_n_batches",),
     "optimizer": ("--model.optim.optimizer", "--model.optimizer"),
     "weight_decay": ("--model.optim.weight_decay", "--model.optimizer.weight_decay"),
     "bptt_objective": ("--model.bptt.objective",),
@@ -196,13 +197,13 @@ FLAGS: dict[str, tuple[str, ...]] = {
 #: the first record (the curvature bound did not exist before its field; the CLI's seed default is 0).
 DEFAULTS: dict[str, Any] = {"optimizer": "adam", "weight_decay": 0.0, "dither": False, "average_last": 0,
                             "bptt_truncate": None, "curvature_bound": None, "accelerator": "cpu", "seed": 0,
-                            "shift": 0, "hflip": False}
+                            "shift": 0, "hflip": False, "curvature_every": 1}
 #: The settings that make two runs the same experiment (runs that share them and their command, less the seed,
 #: are seeds of one setting).
 SETTINGS = ("dataset", "method", "bptt_objective", "bptt_truncate", "threshold", "pooling", "channels", "hidden",
-            "t1", "t2", "beta", "start", "omega", "loss", "curvature_bound", "curvature_iters", "optimizer",
-            "weight_decay", "dither", "average_last", "batch_size", "train_samples", "max_epochs", "accelerator",
-            "shift", "hflip")
+            "t1", "t2", "beta", "start", "omega", "loss", "curvature_bound", "curvature_iters", "curvature_every",
+            "optimizer", "weight_decay", "dither", "average_last", "batch_size", "train_samples", "max_epochs",
+            "accelerator", "shift", "hflip")
 #: Flags that change neither the run nor its result, left out of the commands shown.
 COSMETIC = ("--note", "--trainer.enable_progress_bar", "--trainer.default_root_dir", "--ckpt_path")
 
@@ -232,7 +233,7 @@ def parse_value(text: str) -> Any:
 
 def setting(record: Record, name: str) -> Any:
     """A training record's setting: its field, else its command's flag, else the unchanged default, else UNKNOWN."""
-    if name == "curvature_iters" and setting(record, "curvature_bound") is None:
+    if name in ("curvature_iters", "curvature_every") and setting(record, "curvature_bound") is None:
         return None
     if name == "bptt_objective" and record.get("method") != "bptt":
         return None
@@ -386,7 +387,8 @@ def _curvature(r: Record) -> str | None:
     if bound is None:
         return "no curvature bound"
     rounds = "rounds not recorded" if iters is UNKNOWN else f"{iters} rounds"
-    return f"curvature bound {bound:g} ({rounds})"
+    every = setting(r, "curvature_every")
+    return f"curvature bound {bound:g} ({rounds}{f', every {every} batches' if every != 1 else ''})"
 
 
 def _optimizer(r: Record) -> str:
@@ -1016,6 +1018,24 @@ def block_levers_capacity(results: Results) -> str:
     return lever_study(results, "levers_capacity", "the flips-only config")
 
 
+def block_step_cost(results: Results) -> str:
+    records = results["step_cost"]
+    base = next(r for r in records if r["variant"] == "")
+    rows = [[code(r["variant"]) if r["variant"] else "none (the configuration)", str(r["batch_size"]),
+             f"{r['ms_per_batch']:.0f} ms", f"{r['train_s_per_epoch']:.0f} s", f"{r['relative_epoch_cost']:.2f}×",
+             f"{r['epochs_in_budget']:.0f}"] for r in records]
+    budget = f"{one(records, 'budget_min'):g} min"
+    return (f"A training batch of `{base['config']}` with each lever's flags added, from the configuration's initial "
+            f"weights on the same batches: the median of {one(records, 'repeats')} rounds, each the mean over "
+            f"{one(records, 'timed_batches')} batches after a warm-up batch (loading and augmenting the batch, the "
+            f"phases, the curvature penalty where it acts, backward, the optimizer step). An epoch: that time over "
+            f"the {one(records, 'train_samples'):,} training images at the lever's batch size, "
+            f"training alone (no validation or checkpoints): a floor of an epoch's wall time; so the epochs in "
+            f"{budget} are a ceiling. {produced_by(records, 'step_cost')}\n\n"
+            + table(["lever (flags added)", "batch", "a batch", "an epoch (training)", "epoch cost",
+                     f"epochs in {budget} (at most)"], rows, right=range(1, 6)))
+
+
 def block_levers(results: Results) -> str:
     records = [r for r in results["levers"] if r.get("part") == "epoch"]
     rows = [[r["setting"], f"{r['steps_per_batch']:g}", f"{r['train_s']:.1f}", pct(r["val_acc"]),
@@ -1210,6 +1230,8 @@ BLOCKS: dict[str, Block] = {
     "levers_capacity": Block(block_levers_capacity, ("levers_capacity",),
                              "a few epochs per capacity or weight-decay lever on the flips-only FashionMNIST config"),
     "levers": Block(block_levers, ("levers",), "one epoch per training-step setting: seconds, steps, accuracy"),
+    "step_cost": Block(block_step_cost, ("step_cost",),
+                       "a training batch's time per lever on a recipe config, and the epochs a time budget buys"),
     "curvature": Block(block_curvature, ("curvature",), "the coupling's eigenvalue at the end of trained free phases"),
     "curvature_bound": Block(block_curvature_bound, ("curvature_bound",),
                              "the same for the runs trained with the curvature bound"),

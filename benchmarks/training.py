@@ -14,10 +14,10 @@ Each record: dataset, method ("ep"/"bptt"/"csnn"), spiking, pooling, epochs (tra
 fraction), wall_s (fit + test; for a resumed run, the earlier parts' fit up to their checkpoint too), hardware, command,
 complete (all configured epochs ran, not cut by max_time/max_steps or a train subset), parts (1 + resumes),
 resumed_from (the checkpoint of the last resume, or None), plus the settings that matter (threshold, hidden, t1,
-t2, beta, optimizer and weight_decay, bptt_truncate, bptt_objective (BPTT runs), curvature_bound and its iters,
-batch_size, seed, shift and hflip (the augmentation), train_samples; records before a field existed name the setting
-in their command only; a CSNN run, method "csnn", records its network, num_steps, leak_beta, surrogate and loss
-instead of EP's settings),
+t2, beta, optimizer and weight_decay, bptt_truncate, bptt_objective (BPTT runs), curvature_bound, its iters and
+every_n_batches (curvature_iters, curvature_every), batch_size, seed, shift and hflip (the augmentation),
+train_samples; records before a field existed name the setting in their command only; a CSNN run, method
+"csnn", records its network, num_steps, leak_beta, surrogate and loss instead of EP's settings),
 ``activations`` (the paper's Figure 2/3 statistics along training, with an ``ActivationDiagnostics`` callback; else
 None) and ``curve``: one point per validation (see ``CurveRecorder``), printed as it grows. EP runs measure the
 cosine between the EP and the BPTT gradient every ``ALIGNMENT_EVERY`` steps on a fixed batch of validation images; the
@@ -88,6 +88,7 @@ def ep_fields(model: EPLightningModule) -> dict[str, object]:
         "bptt_objective": model.bptt.objective if model.method == "bptt" else None,
         "curvature_bound": curvature.bound if curvature is not None else None,
         "curvature_iters": curvature.iters if curvature is not None else None,
+        "curvature_every": curvature.every_n_batches if curvature is not None else None,
     }
 
 

@@ -236,16 +236,20 @@ class CurvatureConfig:
         weight: how strongly samples above the bound are penalised, > 0.
         iters: power-iteration rounds that estimate each eigenvalue (from below: too few miss samples above the
             bound; 30 recommended).
+        every_n_batches: penalise every this many training batches only, at ``every_n_batches`` times the weight
+            (lazy regularisation: the same penalty on average, for less time; 1: every batch).
     """
 
     bound: float = 0.9
     weight: float = 1.0
     iters: int = 30
+    every_n_batches: int = 1
 
     def __post_init__(self) -> None:
         if not (self.bound > 0 and self.weight > 0):
             raise ValueError(f"curvature bound and weight must be > 0, got {self.bound} and {self.weight}")
         _positive_int("curvature iters (power-iteration rounds)", self.iters)
+        _positive_int("curvature every_n_batches", self.every_n_batches)
 
 
 Config = TypeVar("Config")

@@ -250,8 +250,10 @@ class EPLightningModule(ImageClassifier):
             else:  # the free state's loss, as EP logs
                 loss = self.net.loss(out.free.state.s, y).mean().detach()
                 phases["nudged"] = out.nudged
-        if self.curvature is not None:
-            objective = objective + self.curvature.weight * self._curvature_penalty(phases["free"], len(y))
+        curvature = self.curvature
+        if curvature is not None and batch_idx % curvature.every_n_batches == 0:  # lazily: at n times the weight
+            weight = curvature.every_n_batches * curvature.weight
+            objective = objective + weight * self._curvature_penalty(phases["free"], len(y))
         self._optimize(objective, batch_idx)
         self.train_acc(logits, y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(y))

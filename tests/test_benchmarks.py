@@ -19,8 +19,8 @@ from conftest import needs_fmnist
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-SCRIPTS = ("alignment", "curvature", "levers", "memory", "plot_training", "throughput", "time_to_accuracy",
-           "training")
+SCRIPTS = ("alignment", "curvature", "levers", "memory", "plot_training", "step_cost", "throughput",
+           "time_to_accuracy", "training")
 # the full results, these scripts' default --quick output and the README's figures
 PROTECTED = ("benchmarks/results/*.json", *(f"benchmarks/results/quick/{name}.json" for name in SCRIPTS), "docs/*.png")
 TINY_2C2FC = ["--threads", "1"]
@@ -257,6 +257,32 @@ def test_levers_quick(tmp_path):
                                                    omega=r["omega"]).surrogate)["all"].double()
         cos = float(g @ ref / (g.norm() * ref.norm()))
         assert r["cos_mean"] == pytest.approx(cos, abs=1e-5) and r["cos_per_batch"] == [round(r["cos_mean"], 4)], r
+
+
+@needs_fmnist
+def test_step_cost_quick(tmp_path):
+    """A batch's cost of the beyond-paper FashionMNIST config and two variants: the arithmetic of an epoch and of a
+    budget from each variant's batch time, the configuration as the reference; bad arguments are refused."""
+    out = tmp_path / "step_cost.json"
+    proc = run_benchmark("step_cost.py", "--quick", *TINY_2C2FC, "--variant", "", "--variant",
+                         "--model.curvature null", "--variant", "--data.batch_size 128", "--budget-min", "60",
+                         "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    rows = {r["variant"]: r for r in records(out)}
+    assert list(rows) == ["", "--model.curvature null", "--data.batch_size 128"]
+    assert [r["batch_size"] for r in rows.values()] == [64, 64, 128]
+    assert [r["batches_per_epoch"] for r in rows.values()] == [860, 860, 430]  # 55,000 training images
+    for r in rows.values():
+        assert r["ms_min"] <= r["ms_per_batch"] and r["timed_batches"] == 2 and r["repeats"] == 1
+        assert r["train_s_per_epoch"] == pytest.approx(r["ms_per_batch"] * r["batches_per_epoch"] / 1000, abs=0.06)
+        assert r["epochs_in_budget"] == pytest.approx(3600 / r["train_s_per_epoch"], abs=0.06)  # one decimal
+        assert r["relative_epoch_cost"] == pytest.approx(r["train_s_per_epoch"] / rows[""]["train_s_per_epoch"],
+                                                         abs=1e-3)
+        assert r["config"] == "recipes/configs/fmnist_best.yaml" and "threads" in r["hardware"]
+    for bad, why in ((["--variant", "--model.curvature null"], "must include ''"),
+                     (["--batches", "4"], "must be odd")):
+        proc = run_benchmark("step_cost.py", "--quick", *bad, "--out", out, cwd=tmp_path)
+        assert proc.returncode == 2 and why in proc.stderr, explain(proc)
 
 
 @needs_fmnist

@@ -148,6 +148,11 @@ def test_settings_of_older_records() -> None:
     assert rt.setting({**old, "command": "python benchmarks/training.py fmnist --model.method bptt"},
                       "bptt_objective") is rt.UNKNOWN  # the default objective changed: never assumed
     assert rt.setting({**old, "command": "x --model.curvature null", "method": "ep"}, "curvature_bound") is None
+    assert rt.describe(run(0.09), ("curvature",)) == "curvature bound 0.9 (30 rounds)"  # every batch: said by none
+    lazy = run(0.09, command="x --model.curvature.every_n_batches 2")
+    assert rt.describe(lazy, ("curvature",)) == "curvature bound 0.9 (30 rounds, every 2 batches)"
+    recorded = run(0.09, curvature_every=4)
+    assert rt.describe(recorded, ("curvature",)) == "curvature bound 0.9 (30 rounds, every 4 batches)"
 
 
 def test_blocks_are_replaced_in_place(tmp_path: Path) -> None:
@@ -266,10 +271,33 @@ def test_plot_beyond_draws_the_selected_runs(tmp_path: Path, monkeypatch: pytest
     assert out is not None and out.stat().st_size > 10_000
     error_panel = drawn[0].axes[0]
     names = [line.get_label() for line in error_panel.get_lines()]
-    assert names[:5] == ["beyond-paper config, seed 0: test 7.40 %", "beyond-paper config, seed 1: test 7.10 %",
+    assert names[:7] == ["beyond-paper config, seed 0: test 7.40 %", "beyond-paper config, seed 1: test 7.10 %",
                          "beyond-paper config, seed 2: test 7.70 %", "config + --data.shift 1, seed 0: test 7.90 %",
-                         "paper config, seed 0: test 8.96 %"]  # the baselines (BPTT, CSNN) are not drawn
+                         "baseline: BPTT of EP's objective, seed 0: test 8.10 %",
+                         "baseline: snnTorch CSNN (BPTT, surrogate gradient), seed 0: test 10.20 %",
+                         "paper config, seed 0: test 8.96 %"]
+    styles = {line.get_label(): line.get_linestyle() for line in error_panel.get_lines()}
+    assert styles["baseline: BPTT of EP's objective, seed 0: test 8.10 %"] == "-."  # baselines apart from EP's runs
     assert plot_beyond.plot_beyond(results_with(tmp_path, training=records[-1:]), tmp_path / "none.png") is None
+
+
+def test_step_cost_block(tmp_path: Path) -> None:
+    """Each lever's batch time, its epoch and the epochs a budget buys, the configuration named and first."""
+    common = {"dataset": "fmnist", "config": "recipes/configs/fmnist_best.yaml", "train_samples": 55000,
+              "budget_min": 120.0, "timed_batches": 20, "repeats": 5, "threads": 2, "hardware": HARDWARE,
+              "command": "python benchmarks/step_cost.py", "load_average": "2.0 2.0 2.0"}
+    records = [{**common, "variant": "", "batch_size": 64, "ms_per_batch": 246.2, "ms_min": 240.0,
+                "batches_per_epoch": 860, "train_s_per_epoch": 211.7, "epochs_in_budget": 34.0,
+                "relative_epoch_cost": 1.0},
+               {**common, "variant": "--model.curvature null", "batch_size": 64, "ms_per_batch": 155.0,
+                "ms_min": 150.0, "batches_per_epoch": 860, "train_s_per_epoch": 133.3, "epochs_in_budget": 54.0,
+                "relative_epoch_cost": 0.63}]
+    text = rt.block_step_cost(results_with(tmp_path, step_cost=records))
+    assert "A training batch of `recipes/configs/fmnist_best.yaml`" in text
+    assert "the median of 5 rounds, each the mean over 20 batches" in text and "55,000 training images" in text
+    assert "| none (the configuration) | 64 | 246 ms | 212 s | 1.00× | 34 |" in text
+    assert "| `--model.curvature null` | 64 | 155 ms | 133 s | 0.63× | 54 |" in text
+    assert "epochs in 120 min (at most)" in text
 
 
 def test_a_lever_study_compares_each_lever_with_the_run_without_one(tmp_path: Path) -> None:

@@ -135,14 +135,16 @@ def test_penalty_gradient_is_the_eigenvalue_gradient():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-8), (p.shape, (a - b).abs().max())
 
 
-def _train(curvature_bound: float | None, steps: int, weight: float = 1.0) -> tuple[object, dict]:
+def _train(curvature_bound: float | None, steps: int, weight: float = 1.0, every_n_batches: int = 1
+           ) -> tuple[object, dict]:
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_ep.module import EPLightningModule
 
     torch.manual_seed(0)
-    curvature = None if curvature_bound is None else {"bound": curvature_bound, "weight": weight}
+    curvature = (None if curvature_bound is None
+                 else {"bound": curvature_bound, "weight": weight, "every_n_batches": every_n_batches})
     module = EPLightningModule(network={"input_shape": (1, 12, 12), "channels": [4], "kernel_size": 3,
                                         "hidden": [24], "threshold": 0.0},
                                phases={"t1": 15, "t2": 5}, ep={"beta": 0.2}, curvature=curvature,
@@ -156,14 +158,16 @@ def _train(curvature_bound: float | None, steps: int, weight: float = 1.0) -> tu
     return module, dict(trainer.callback_metrics)
 
 
-def test_curvature_bound_in_training_lowers_the_curvature():
+@pytest.mark.parametrize("every_n_batches", [1, 2])
+def test_curvature_bound_in_training_lowers_the_curvature(every_n_batches):
     """Training with a curvature bound (a low one, so that the penalty acts on most samples) ends with lower active
-    eigenvalues on held-out states than the same training without it (measured: 0.35 against 0.66), every layer
-    keeping active units (not the degenerate way down, a layer clamped whole), and logs them."""
+    eigenvalues on held-out states than the same training without it (measured: 0.36 against 0.66; 0.37 with the
+    lazy penalty, every second batch at twice the weight), every layer keeping active units (not the degenerate
+    way down, a layer clamped whole), and logs them."""
     x = torch.rand(32, 1, 12, 12, generator=torch.Generator().manual_seed(5))
     eig = {}
     for bound in (None, 0.4):
-        module, metrics = _train(bound, 20)
+        module, metrics = _train(bound, 20, every_n_batches=every_n_batches)
         assert ("train/curvature_epoch" in metrics) == (bound is not None)
         with torch.no_grad():
             states = free_phase(module.net, x, 60).state.s
@@ -183,4 +187,32 @@ def test_curvature_bound_arguments_are_checked():
         EPLightningModule(curvature={"bound": 0.9, "weight": -1.0})
     with pytest.raises(ValueError, match="curvature iters"):
         EPLightningModule(curvature={"iters": 0})
+    with pytest.raises(ValueError, match="every_n_batches must be an integer >= 1"):
+        EPLightningModule(curvature={"every_n_batches": 0})
     EPLightningModule(network={"pooling": "max"}, curvature=None)  # max pooling without the penalty
+
+
+def test_a_lazy_curvature_penalty_acts_every_n_batches_at_n_times_the_weight(monkeypatch):
+    """With ``every_n_batches=3`` the penalty is computed on batches 0 and 3 of six only and enters the objective at
+    three times its weight; the other batches train on EP's surrogate alone."""
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_ep.module import EPLightningModule
+
+    module = EPLightningModule(network={"input_shape": (1, 12, 12), "channels": [4], "kernel_size": 3,
+                                        "hidden": [24], "threshold": 0.0},
+                               phases={"t1": 5, "t2": 3}, curvature={"weight": 2.0, "every_n_batches": 3})
+    penalised, added = [], {}
+    monkeypatch.setattr(EPLightningModule, "_curvature_penalty",
+                        lambda self, free, batch: penalised.append(self.trainer.fit_loop.batch_idx)
+                        or torch.tensor(7.0))
+    monkeypatch.setattr(EPLightningModule, "_optimize", lambda self, objective, batch_idx: added.update(
+        {batch_idx: float((objective - self.last_result.surrogate).detach())}))
+    g = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.rand(96, 1, 12, 12, generator=g), torch.randint(0, 10, (96,), generator=g)),
+                      batch_size=16)
+    Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu").fit(module, data)
+    assert penalised == [0, 3]
+    assert added == {0: 42.0, 1: 0.0, 2: 0.0, 3: 42.0, 4: 0.0, 5: 0.0}  # 3 x weight 2 x penalty 7
