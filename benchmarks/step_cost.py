@@ -113,15 +113,15 @@ def main(argv: list[str] | None = None) -> int:
             per_batch, batch_size, images = time_variant(args.dataset, args.config, variant, args.batches)
             seconds[variant].append(per_batch)
             shape[variant] = (batch_size, images)
+    config = args.config.resolve()
+    shown = str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config)
     records: list[dict[str, Any]] = []
     for variant in args.variant:
         batch_size, images = shape[variant]
         per_epoch = -(-images // batch_size)
         ms = 1000 * statistics.median(seconds[variant])
         epoch_s = ms * per_epoch / 1000
-        config = args.config.resolve()
-        records.append({"dataset": args.dataset, "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT)
-                                                               else config),
+        records.append({"dataset": args.dataset, "config": shown,
                         "variant": variant, "batch_size": batch_size, "ms_per_batch": round(ms, 2),
                         "ms_min": round(1000 * min(seconds[variant]), 2), "train_samples": images,
                         "batches_per_epoch": per_epoch, "train_s_per_epoch": round(epoch_s, 1),
