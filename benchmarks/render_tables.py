@@ -636,11 +636,11 @@ def block_beyond_levers(results: Results) -> str:
     for dataset, base in beyond_configs(results):
         for flags, group in beyond_levers(results, dataset):
             rows.append([DATASETS[dataset], code(flags), error_of(group), seeds_of(group), error_of(base),
-                         points(mean_error(group) - mean_error(base)), longest_minutes(group)])
+                         points(mean_error(group) - mean_error(base)), longest_minutes(group), machines(group)])
     if not rows:
         return "No full-length lever run of a beyond-paper configuration is recorded yet."
     header = ["dataset", "lever (flags added to the config's command)", "test error", "runs", "the config",
-              "lever − config (points)", "wall time"]
+              "lever − config (points)", "wall time", "ran on"]
     return (table(header, rows, right=(2, 4, 5, 6)) + "\n\nEach lever: the beyond-paper configuration's full "
             "command with the flags shown added, seed 0 unless stated (the same initial weights and batch order "
             "as the configuration's seed 0).")

@@ -237,6 +237,7 @@ def test_beyond_blocks(tmp_path: Path) -> None:
     assert "AMD EPYC 7B13, 2 threads (seed 1) and Intel Xeon, 2 threads (seeds 0, 2)" in text  # each machine's seeds
     levers = rt.block_beyond_levers(results)
     assert "| FashionMNIST | `--data.shift 1` | 7.90 % | 1 run, seed 0 | 7.40 ± 0.30 % | +0.50 |" in levers
+    assert levers.splitlines()[2].endswith("| Intel Xeon, 2 threads |")  # wall times say where they ran
     assert "--model.method" not in levers  # a baseline is not a lever
     summary = rt.block_beyond_summary(results)
     assert "| FashionMNIST | 7.50 % | 7.40 ± 0.30 %; 3 seeds (0, 1, 2) | 7.40 ± 0.30 %; 3 seeds (0, 1, 2) | 8.96 % " \
