@@ -7,8 +7,8 @@ results tables do (``render_tables.BEYOND`` and ``render_tables.PAPER_CURVES``).
 complete beyond-paper run:
 
 - validation error by epoch, each seed of the beyond-paper configuration and each full-length lever run on it
-  (``render_tables.beyond_levers``), and each baseline (``render_tables.BEYOND_BASELINES``, dash-dotted) against
-  the paper configuration's runs (dashed; all hold the same 5,000 training images out);
+  (``render_tables.beyond_levers``), and each baseline (``render_tables.beyond_baseline_commands``, dash-dotted)
+  against the paper configuration's runs (dashed; all hold the same 5,000 training images out);
 - training accuracy (the mean over the epoch's augmented training batches, as the weights change) against
   validation accuracy, so that overfitting can be seen (older paper-configuration records hold no training
   accuracy: their validation accuracy only);
@@ -27,11 +27,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from plot_training import PAPER_ERROR, TITLES, cosine_curve, error_curve, save
 from render_tables import (
-    BEYOND_BASELINES,
-    FLAGS_OF,
     PAPER_CURVES,
     Record,
     Results,
+    beyond_baseline_commands,
     beyond_configs,
     beyond_levers,
     runs_of,
@@ -60,8 +59,8 @@ def plot_beyond(results: Results, out: Path) -> Path | None:
     rows = []
     for dataset, config in beyond_configs(results):
         levers = [(f"config + {flags}", runs) for flags, runs in beyond_levers(results, dataset)]
-        baselines = [(f"baseline: {label}", runs) for label, template in BEYOND_BASELINES
-                     for runs in runs_of(results, dataset=dataset, command=template.format(flag=FLAGS_OF[dataset]))]
+        baselines = [(f"baseline: {label}", runs) for label, command in beyond_baseline_commands(dataset)
+                     for runs in runs_of(results, dataset=dataset, command=command)]
         rows.append((dataset, [("beyond-paper config", config), *levers], baselines,
                      [r for g in runs_of(results, **PAPER_CURVES[dataset]) for r in g]))
     if not rows:

@@ -570,6 +570,11 @@ BEYOND_BASELINES = (
 )
 
 
+def beyond_baseline_commands(dataset: str) -> list[tuple[str, str]]:
+    """The baselines of a dataset's beyond-paper configuration: (the baseline's label, its command)."""
+    return [(label, template.format(flag=FLAGS_OF[dataset])) for label, template in BEYOND_BASELINES]
+
+
 def block_beyond(results: Results) -> str:
     rows, configs = [], []
     for dataset, runs in beyond_configs(results):
@@ -577,8 +582,7 @@ def block_beyond(results: Results) -> str:
         rows.append([DATASETS[dataset], "EP, beyond-paper config", f"**{error_of(runs)}**", seeds_of(runs),
                      per_run(runs), pct(BAR[dataset]), longest_minutes(runs),
                      code(shown_command(runs[0], drop_seed=True))])
-        for label, template in BEYOND_BASELINES:
-            command = template.format(flag=FLAGS_OF[dataset])
+        for label, command in beyond_baseline_commands(dataset):
             for group in runs_of(results, dataset=dataset, command=command):
                 rows.append([DATASETS[dataset], label, error_of(group), seeds_of(group), "–", "–",
                              longest_minutes(group), code(command)])
@@ -605,7 +609,7 @@ def beyond_configs(results: Results) -> list[tuple[str, list[Record]]]:
 
 def beyond_levers(results: Results, dataset: str) -> list[tuple[str, list[Record]]]:
     """The full-length lever runs on a beyond-paper configuration: (the flags added to its command, the seeds)."""
-    baselines = {template.format(flag=FLAGS_OF[dataset]) for _, template in BEYOND_BASELINES}
+    baselines = {command for _, command in beyond_baseline_commands(dataset)}
     prefix = BEYOND[dataset]["command"] + " "
     levers = []
     for group in runs_of(results, dataset=dataset):
