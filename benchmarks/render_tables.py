@@ -580,22 +580,22 @@ def block_beyond(results: Results) -> str:
     for dataset, runs in beyond_configs(results):
         paper = select(results, **PAPER_CURVES[dataset])
         rows.append([DATASETS[dataset], "EP, beyond-paper config", f"**{error_of(runs)}**", seeds_of(runs),
-                     per_run(runs), pct(BAR[dataset]), longest_minutes(runs),
+                     per_run(runs), pct(BAR[dataset]), longest_minutes(runs), machines(runs),
                      code(shown_command(runs[0], drop_seed=True))])
         for label, command in beyond_baseline_commands(dataset):
             for group in runs_of(results, dataset=dataset, command=command):
                 rows.append([DATASETS[dataset], label, error_of(group), seeds_of(group), "–", "–",
-                             longest_minutes(group), code(command)])
+                             longest_minutes(group), machines(group), code(command)])
         rows.append([DATASETS[dataset], "EP, paper config (same validation split)", error_of(paper),
-                     seeds_of(paper), "–", "–", longest_minutes(paper),
+                     seeds_of(paper), "–", "–", longest_minutes(paper), machines(paper),
                      code(shown_command(paper[0], drop_seed=True))])
         configs.append(runs)
     if not rows:
         return "No complete run of a beyond-paper configuration is recorded yet."
-    header = ["dataset", "run", "test error", "runs", "per run", "bar (mean)", "wall time (longest)",
+    header = ["dataset", "run", "test error", "runs", "per run", "bar (mean)", "wall time (longest)", "ran on",
               "command (seed N: add `--seed_everything N`)"]
     said = [f"{DATASETS[runs[0]['dataset']]}: {describe(runs[0], RUN_ASPECTS)}, {runs[0]['max_epochs']} epochs, "
-            f"{runs[0]['train_samples']:,} training images, {machines(runs)}" for runs in configs]
+            f"{runs[0]['train_samples']:,} training images" for runs in configs]
     return (table(header, rows, right=(2, 5, 6)) + "\n\nThe beyond-paper configurations: " + "; ".join(said)
             + ". Test error of the last epoch's weights on the 10,000 test images, tested once; mean ± sd over "
             "the seeds (sample standard deviation, n − 1). 5,000 training images are held out for the validation "
