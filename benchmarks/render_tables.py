@@ -1022,6 +1022,10 @@ def block_levers_capacity(results: Results) -> str:
     return lever_study(results, "levers_capacity", "the flips-only config")
 
 
+def block_levers_noise(results: Results) -> str:
+    return lever_study(results, "levers_noise", "the flips-only config")
+
+
 def block_step_cost(results: Results) -> str:
     records = results["step_cost"]
     base = next(r for r in records if r["variant"] == "")
@@ -1233,6 +1237,8 @@ BLOCKS: dict[str, Block] = {
                              "a few epochs per accuracy lever (augmentation, read-out, learning rate): test error"),
     "levers_capacity": Block(block_levers_capacity, ("levers_capacity",),
                              "a few epochs per capacity or weight-decay lever on the flips-only FashionMNIST config"),
+    "levers_noise": Block(block_levers_noise, ("levers_noise",),
+                          "a few epochs with dithered spikes as noise on the flips-only FashionMNIST config"),
     "levers": Block(block_levers, ("levers",), "one epoch per training-step setting: seconds, steps, accuracy"),
     "step_cost": Block(block_step_cost, ("step_cost",),
                        "a training batch's time per lever on a recipe config, and the epochs a time budget buys"),
