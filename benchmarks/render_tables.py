@@ -1000,7 +1000,7 @@ def lever_study(results: Results, source: str, base: str) -> str:
     pairs = [flag_pairs(shown_command(r)) for r in records]
     shared = set.intersection(*(set(p) for p in pairs))
     base_run = next(r for r, p in zip(records, pairs, strict=True) if set(p) == shared)
-    rows = [[" ".join(f"{f} {v}" for f, v in p if (f, v) not in shared) or f"none ({base})",
+    rows = [[" ".join(f"{f} {shlex.quote(v)}" for f, v in p if (f, v) not in shared) or f"none ({base})",
              pct(r["test_error"]), "–" if r is base_run else points(r["test_error"] - base_run["test_error"]),
              f"{r['wall_s'] / 60:.1f} min"] for r, p in zip(records, pairs, strict=True)]
     protocol = " ".join(f"{f} {v}" for f, v in pairs[0] if (f, v) in shared and f != "--record")
@@ -1024,6 +1024,10 @@ def block_levers_capacity(results: Results) -> str:
 
 def block_levers_noise(results: Results) -> str:
     return lever_study(results, "levers_noise", "the flips-only config")
+
+
+def block_levers_depth(results: Results) -> str:
+    return lever_study(results, "levers_depth", "the flips-only config")
 
 
 def block_step_cost(results: Results) -> str:
@@ -1239,6 +1243,8 @@ BLOCKS: dict[str, Block] = {
                              "a few epochs per capacity or weight-decay lever on the flips-only FashionMNIST config"),
     "levers_noise": Block(block_levers_noise, ("levers_noise",),
                           "a few epochs with dithered spikes as noise on the flips-only FashionMNIST config"),
+    "levers_depth": Block(block_levers_depth, ("levers_depth",),
+                          "a few epochs with a third conv layer on the flips-only FashionMNIST config"),
     "levers": Block(block_levers, ("levers",), "one epoch per training-step setting: seconds, steps, accuracy"),
     "step_cost": Block(block_step_cost, ("step_cost",),
                        "a training batch's time per lever on a recipe config, and the epochs a time budget buys"),
