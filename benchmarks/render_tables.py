@@ -993,6 +993,12 @@ def flag_pairs(command: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def shell_flags(pairs: Iterable[tuple[str, str]]) -> str:
+    """``--flag value`` pairs as a shell takes them: each value quoted where it needs it (a flag alone where it has
+    none)."""
+    return " ".join(f"{flag} {shlex.quote(value)}" if value else flag for flag, value in pairs)
+
+
 def lever_study(results: Results, source: str, base: str) -> str:
     """A short lever study: each record's flags beyond those all share, its test error against the record with no
     lever (``base`` names it), all from seed 0 with the same batch order."""
@@ -1000,10 +1006,10 @@ def lever_study(results: Results, source: str, base: str) -> str:
     pairs = [flag_pairs(shown_command(r)) for r in records]
     shared = set.intersection(*(set(p) for p in pairs))
     base_run = next(r for r, p in zip(records, pairs, strict=True) if set(p) == shared)
-    rows = [[" ".join(f"{f} {shlex.quote(v)}" for f, v in p if (f, v) not in shared) or f"none ({base})",
+    rows = [[shell_flags(pair for pair in p if pair not in shared) or f"none ({base})",
              pct(r["test_error"]), "–" if r is base_run else points(r["test_error"] - base_run["test_error"]),
              f"{r['wall_s'] / 60:.1f} min"] for r, p in zip(records, pairs, strict=True)]
-    protocol = " ".join(f"{f} {v}" for f, v in pairs[0] if (f, v) in shared and f != "--record")
+    protocol = shell_flags(pair for pair in pairs[0] if pair in shared and pair[0] != "--record")
     where = "; ".join(sorted({machine(r) for r in records}))
     return (f"Each lever changes {base}, from seed 0 with the same batch order (the same initial weights where "
             f"the network's shape is unchanged): "

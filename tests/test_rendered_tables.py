@@ -312,6 +312,7 @@ def test_a_lever_study_compares_each_lever_with_the_run_without_one(tmp_path: Pa
     text = rt.lever_study(results_with(tmp_path, levers_capacity=records), "levers_capacity", "the flips-only config")
     assert "| none (the flips-only config) | 22.00 % | – |" in text
     assert "| --model.network.hidden '[512]' | 20.00 % | −2.00 |" in text  # quoted as a shell needs it
+    assert rt.shell_flags([("--a", "[1, 2]"), ("--b", "x"), ("--c", "")]) == "--a '[1, 2]' --b x --c"
     assert "| --model.optim.weight_decay 0.01 | 25.00 % | +3.00 |" in text
     assert "`python benchmarks/training.py fmnist --config recipes/configs/fmnist_best.yaml --data.shift 0 " \
         "--trainer.max_epochs 6 --record benchmarks/results/levers_capacity.json [lever flags]`" in text
