@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import re
 import shlex
@@ -1020,22 +1021,6 @@ def lever_study(results: Results, source: str, base: str) -> str:
                     right=(1, 2, 3)))
 
 
-def block_levers_accuracy(results: Results) -> str:
-    return lever_study(results, "levers_accuracy", "the paper config")
-
-
-def block_levers_capacity(results: Results) -> str:
-    return lever_study(results, "levers_capacity", "the flips-only config")
-
-
-def block_levers_noise(results: Results) -> str:
-    return lever_study(results, "levers_noise", "the flips-only config")
-
-
-def block_levers_depth(results: Results) -> str:
-    return lever_study(results, "levers_depth", "the flips-only config")
-
-
 def block_step_cost(results: Results) -> str:
     records = results["step_cost"]
     base = next(r for r in records if r["variant"] == "")
@@ -1215,6 +1200,11 @@ class Block:
     holds: str
 
 
+def lever_study_block(source: str, base: str, holds: str) -> Block:
+    """The block of a short lever study: ``lever_study`` of the results file ``source`` against ``base``."""
+    return Block(functools.partial(lever_study, source=source, base=base), (source,), holds)
+
+
 BLOCKS: dict[str, Block] = {
     "headline": Block(block_headline, ("training",),
                       "the paper comparison: paper vs our test error per dataset (mean ± sd over seeds), commands"),
@@ -1243,14 +1233,18 @@ BLOCKS: dict[str, Block] = {
                                        "ours vs the two one-change controls"),
     "time_to_accuracy_all": Block(block_time_to_accuracy_all, ("time_to_accuracy",),
                                   "the record in time_to_accuracy.json, labelled with its protocol"),
-    "levers_accuracy": Block(block_levers_accuracy, ("levers_accuracy",),
-                             "a few epochs per accuracy lever (augmentation, read-out, learning rate): test error"),
-    "levers_capacity": Block(block_levers_capacity, ("levers_capacity",),
-                             "a few epochs per capacity or weight-decay lever on the flips-only FashionMNIST config"),
-    "levers_noise": Block(block_levers_noise, ("levers_noise",),
-                          "a few epochs with dithered spikes as noise on the flips-only FashionMNIST config"),
-    "levers_depth": Block(block_levers_depth, ("levers_depth",),
-                          "a few epochs with a third conv layer on the flips-only FashionMNIST config"),
+    "levers_accuracy": lever_study_block(
+        "levers_accuracy", "the paper config",
+        "a few epochs per accuracy lever (augmentation, read-out, learning rate): test error"),
+    "levers_capacity": lever_study_block(
+        "levers_capacity", "the flips-only config",
+        "a few epochs per capacity or weight-decay lever on the flips-only FashionMNIST config"),
+    "levers_noise": lever_study_block(
+        "levers_noise", "the flips-only config",
+        "a few epochs with dithered spikes as noise on the flips-only FashionMNIST config"),
+    "levers_depth": lever_study_block(
+        "levers_depth", "the flips-only config",
+        "a few epochs with a third conv layer on the flips-only FashionMNIST config"),
     "levers": Block(block_levers, ("levers",), "one epoch per training-step setting: seconds, steps, accuracy"),
     "step_cost": Block(block_step_cost, ("step_cost",),
                        "a training batch's time per lever on a recipe config, and the epochs a time budget buys"),
