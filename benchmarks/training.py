@@ -11,26 +11,27 @@
 (a resumed run keeps Lightning's Timer: its ``--trainer.max_time`` counts the earlier parts too)
 
 Each record: dataset, method ("ep"/"bptt"/"csnn"), spiking, pooling, epochs (trained, fractional), test_error (a
-fraction), wall_s (fit + test; for a resumed run, the earlier parts' fit up to their checkpoint too), hardware, command,
-complete (all configured epochs ran, not cut by max_time/max_steps or a train subset), parts (1 + resumes),
-resumed_from (the checkpoint of the last resume, or None), plus the settings that matter (threshold, hidden, t1,
-t2, beta, optimizer and weight_decay, bptt_truncate, bptt_objective (BPTT runs), curvature_bound, its iters and
-every_n_batches (curvature_iters, curvature_every), batch_size, seed, shift and hflip (the augmentation),
-train_samples; records before a field existed name the setting in their command only; a CSNN run, method
-"csnn", records its network, num_steps, leak_beta, surrogate and loss instead of EP's settings),
-``activations`` (the paper's Figure 2/3 statistics along training, with an ``ActivationDiagnostics`` callback; else
-None) and ``curve``: one point per validation (see ``CurveRecorder``), printed as it grows. EP runs measure the
-cosine between the EP and the BPTT gradient every ``ALIGNMENT_EVERY`` steps on a fixed batch of validation images; the
-BPTT gradient goes through ``ALIGNMENT_BPTT_T1`` free steps of the network without spikes, where it has settled: the
-gradient the EP estimate aims at. (Through the module's own T1, unsettled, BPTT's gradient is a different and
-unstable one; through the spikes, the straight-through gradient grows without bound at a spiking fixed point.)
-Records made before this choice (the first paper-config FashionMNIST run) used the spiking network through 100
-steps.
+fraction), wall_s (fit + test; for a resumed run, the earlier parts' fit up to their checkpoint too), hardware,
+command, complete (all configured epochs ran, not cut by max_time/max_steps or a train subset), parts (1 + resumes),
+resumed_from (the checkpoint of the last resume, or None), plus the settings that matter (threshold, hidden, t1, t2,
+beta, optimizer and weight_decay, bptt_truncate, bptt_objective (BPTT runs), curvature_bound, its iters and
+every_n_batches (curvature_iters, curvature_every), batch_size, seed, shift and hflip (the augmentation), eval_hflip
+(test-time mirror averaging), train_samples, load_avg_start and load_avg_end (the 1/5/15-minute load averages of the
+machine as the run starts and ends: other jobs on the cores slow it); records before a field existed name the setting
+in their command only; a CSNN run, method "csnn", records its network, num_steps, leak_beta, surrogate and loss instead
+of EP's settings), ``activations`` (the paper's Figure 2/3 statistics along training, with an ``ActivationDiagnostics``
+callback; else None) and ``curve``: one point per validation (see ``CurveRecorder``), printed as it grows. EP runs
+measure the cosine between the EP and the BPTT gradient every ``ALIGNMENT_EVERY`` steps on a fixed batch of validation
+images; the BPTT gradient goes through ``ALIGNMENT_BPTT_T1`` free steps of the network without spikes, where it has
+settled: the gradient the EP estimate aims at. (Through the module's own T1, unsettled, BPTT's gradient is a different
+and unstable one; through the spikes, the straight-through gradient grows without bound at a spiking fixed point.)
+Records made before this choice (the first paper-config FashionMNIST run) used the spiking network through 100 steps.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -41,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import RESULTS_DIR, hardware  # noqa: E402
+from common import RESULTS_DIR, hardware, load_average  # noqa: E402
 from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 
 from lightning_ep.baselines import SnnTorchCSNN  # noqa: E402
@@ -127,13 +128,13 @@ def epochs_trained(trainer: Trainer) -> float:
 
 class CurveRecorder(Callback):
     """Keeps one point per validation run: the learning curve stored with the record. Each point: the fractional epoch,
-    wall seconds, the validation metrics (accuracy, loss, the free phase's last state change, its steps and the
-    spike rate per layer), the training batches since the last point (``train_acc``: their mean accuracy, on
-    augmented images where augmentation is on, as the weights change; for EP and BPTT the mean steps actually run
-    per phase and the mean last state change of the free phase) and, with a ``GradientAlignment`` callback, its
-    latest EP-vs-BPTT cosine. The points and the wall time so far go into every checkpoint: a run resumed from one
-    (``--ckpt_path``) continues its curve and its clock (the time between that checkpoint and the cut is lost, not
-    counted)."""
+    wall seconds, the machine's 1-minute load average (``load_avg_1m``), the validation metrics (accuracy, loss, the
+    free phase's last state change, its steps and the spike rate per layer), the training batches since the last point
+    (``train_acc``: their mean accuracy, on augmented images where augmentation is on, as the weights change; for EP
+    and BPTT the mean steps actually run per phase and the mean last state change of the free phase) and, with a
+    ``GradientAlignment`` callback, its latest EP-vs-BPTT cosine. The points and the wall time so far go into every
+    checkpoint: a run resumed from one (``--ckpt_path``) continues its curve and its clock (the time between that
+    checkpoint and the cut is lost, not counted)."""
 
     def __init__(self, alignment: GradientAlignment | None = None) -> None:
         self.points: list[dict[str, float]] = []
@@ -181,7 +182,8 @@ class CurveRecorder(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
-        point: dict[str, float] = {"epoch": round(epochs_trained(trainer), 3), "wall_s": round(self.elapsed(), 3)}
+        point: dict[str, float] = {"epoch": round(epochs_trained(trainer), 3), "wall_s": round(self.elapsed(), 3),
+                                   "load_avg_1m": round(os.getloadavg()[0], 2)}
         for key, value in metrics.items():
             if key.startswith("val/"):
                 point[key.replace("/", "_")] = round(float(value), 6)
@@ -222,7 +224,7 @@ def main(argv: list[str]) -> dict:
         cli.trainer.callbacks.append(alignment)
     curve = CurveRecorder(alignment)
     cli.trainer.callbacks.append(curve)
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), load_average()
     metrics = fit_and_test(cli)
     wall = time.perf_counter() - start + curve.earlier_s
     model, trainer, data = cli.model, cli.trainer, cli.datamodule
@@ -233,10 +235,12 @@ def main(argv: list[str]) -> dict:
         "dataset": "fashion_mnist" if name.startswith("fmnist") else "mnist",
         **(ep_fields(model) if isinstance(model, EPLightningModule) else csnn_fields(model)), "epochs": epochs_done,
         "test_error": round(1.0 - float(metrics["test/acc"]), 6), "wall_s": round(wall, 3), "hardware": hardware(),
+        "load_avg_start": load_start, "load_avg_end": load_average(),
         "command": shlex.join(["python", "benchmarks/training.py", *argv]), "complete": bool(complete),
         "lr": trainer.optimizers[0].defaults["lr"], **optimizer_summary(trainer),
         "batch_size": data.hparams.batch_size, "seed": cli.config.get("seed_everything"),
         "shift": data.hparams.get("shift", 0), "hflip": data.hparams.get("hflip", False),
+        "eval_hflip": model.eval_hflip,
         "train_samples": len(data.train_set) if data.train_set is not None else None,
         "max_epochs": trainer.max_epochs, "global_steps": trainer.global_step,
         "parts": curve.parts, "resumed_from": cli.config.get("ckpt_path"),

@@ -23,15 +23,48 @@ PredictOutput = Literal["class", "logits", "probabilities"]
 PREDICT_OUTPUTS = ("class", "logits", "probabilities")
 
 
+def check_flag(name: str, value: object) -> bool:
+    """``value`` if it is a bool; a TypeError naming the argument otherwise (``"no"`` would read as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def with_mirrors(x: Tensor) -> Tensor:
+    """The images ``x`` followed by their left-right mirrors (the last, width axis reversed): ``(2B, ...)``.
+
+    Args:
+        x: a batch of images ``(B, C, H, W)`` (any dtype).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"eval_hflip mirrors images along their width: it needs (B, C, H, W) images, got shape "
+                         f"{tuple(x.shape)}; reshape the inputs or set eval_hflip=False")
+    return torch.cat([x, x.flip(-1)])
+
+
+def mean_over_mirrors(outputs: Tensor) -> Tensor:
+    """Each image's outputs averaged with its mirror's, from the outputs of ``with_mirrors(x)``: ``(B, ...)``.
+
+    Args:
+        outputs: the outputs of ``with_mirrors(x)``, ``(2B, ...)``: the images' first, then their mirrors'.
+    """
+    if len(outputs) % 2:
+        raise ValueError(f"outputs of with_mirrors(x) come in pairs: got an odd batch of {len(outputs)}")
+    half = len(outputs) // 2
+    return (outputs[:half] + outputs[half:]) / 2
+
+
 class ImageClassifier(LightningModule):
     """A LightningModule that classifies images; see the module docstring.
 
     ``predict_output`` sets what ``Trainer.predict`` returns per batch: 'class' (class indices, the default),
-    'logits' (the network's outputs) or 'probabilities' (their softmax).
+    'logits' (the network's outputs) or 'probabilities' (their softmax). With ``eval_hflip`` (a subclass's
+    argument), validation, test and prediction average each image's outputs with its left-right mirror's.
     """
 
     optim: OptimConfig
     predict_output: PredictOutput = "class"
+    eval_hflip: bool = False
 
     def _init_metrics(self, num_classes: int) -> None:
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -76,7 +109,11 @@ class ImageClassifier(LightningModule):
     def _evaluate_batch(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> Tensor:
         x, y = self.unpack(batch)
         with torch.no_grad():
-            logits, loss = self.evaluate(x, y, stage)
+            if self.eval_hflip:  # one pass over the images and their mirrors; the loss is the mean over both
+                logits, loss = self.evaluate(with_mirrors(x), torch.cat([y, y]), stage)
+                logits = mean_over_mirrors(logits)
+            else:
+                logits, loss = self.evaluate(x, y, stage)
         metric(logits, y)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=len(y))
         self.log(f"{stage}/acc", metric, prog_bar=True, batch_size=len(y))
@@ -95,7 +132,7 @@ class ImageClassifier(LightningModule):
             raise ValueError(f"unknown predict_output {self.predict_output!r}: use one of {PREDICT_OUTPUTS}")
         x, _ = unpack_batch(batch, labels_required=False)
         with torch.no_grad():
-            logits = self(x)
+            logits = mean_over_mirrors(self(with_mirrors(x))) if self.eval_hflip else self(x)
         if self.predict_output == "logits":
             return logits
         if self.predict_output == "probabilities":

@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import PatternDataModule, needs_fmnist, settings
 from lightning.pytorch import Trainer, seed_everything
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ep.baselines import SnnTorchCSNN
 from lightning_ep.module import EPLightningModule
@@ -149,6 +150,22 @@ def test_pickles_and_keeps_its_hyperparameters(tmp_path):
     loaded = SnnTorchCSNN.load_from_checkpoint(tmp_path / "csnn.ckpt")
     assert loaded.hparams.surrogate == "atan" and loaded.hparams.loss == "mse_count"
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_eval_hflip_averages_the_spike_counts_of_each_image_and_its_mirror(tmp_path):
+    torch.manual_seed(0)
+    model = csnn(eval_hflip=True, threshold=0.1)  # low enough that the untrained network's outputs spike
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(24, *SHAPE, generator=g), torch.randint(0, CLASSES, (24,), generator=g)
+    averaged = (model(x) + model(x.flip(-1))) / 2
+    assert not torch.equal(averaged, model(x))
+    model.predict_output = "logits"
+    counts = torch.cat(trainer(tmp_path).predict(model, DataLoader(TensorDataset(x), batch_size=8)))
+    torch.testing.assert_close(counts, averaged)
+    tested = trainer(tmp_path).test(model, DataLoader(TensorDataset(x, y), batch_size=8), verbose=False)
+    assert tested[0]["test/acc"] == pytest.approx((averaged.argmax(1) == y).float().mean().item())
+    with pytest.raises(TypeError, match="eval_hflip must be True or False"):
+        csnn(eval_hflip=1)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -19,7 +19,7 @@ from conftest import needs_fmnist
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-SCRIPTS = ("alignment", "curvature", "levers", "memory", "plot_training", "step_cost", "throughput",
+SCRIPTS = ("alignment", "curvature", "eval_hflip", "levers", "memory", "plot_training", "step_cost", "throughput",
            "time_to_accuracy", "training")
 # the full results, these scripts' default --quick output and the README's figures
 PROTECTED = ("benchmarks/results/*.json", *(f"benchmarks/results/quick/{name}.json" for name in SCRIPTS), "docs/*.png")
@@ -319,6 +319,34 @@ def test_curvature_quick(tmp_path):
 
 
 @needs_fmnist
+def test_eval_hflip_quick(tmp_path):
+    """The test error of a tiny trained module without and with mirror averaging, on the first test images."""
+    ckpt = tiny_checkpoint(tmp_path, threshold=0.01)
+    out = tmp_path / "eval_hflip.json"
+    proc = run_benchmark("eval_hflip.py", "fmnist", ckpt, "--quick", *TINY_2C2FC, "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    (row,) = records(out)
+    assert (row["dataset"], row["test_images"], row["global_step"]) == ("fashion_mnist", 1000, 1)
+    assert row["trained_by"] is None and "threads" in row["hardware"]
+    # the errors recomputed here: each image alone, and each image's logits averaged with its mirror's, the
+    # mirrors in passes of their own
+    from lightning_ep.data import load_split
+    from lightning_ep.module import EPLightningModule
+
+    model = EPLightningModule.load_from_checkpoint(ckpt, map_location="cpu")
+    xs, ys = load_split("fashion_mnist", train=False)
+    x, y = xs[:1000], ys[:1000]
+    with torch.no_grad():
+        logits, mirrored = model(x), model(x.flip(-1))
+    plain = 1.0 - float((logits.argmax(1) == y).double().mean())
+    averaged = 1.0 - float(((logits + mirrored).argmax(1) == y).double().mean())
+    assert (row["test_error"], row["test_error_eval_hflip"]) == pytest.approx((plain, averaged), abs=1e-6)
+    assert row["difference"] == pytest.approx(averaged - plain, abs=1e-6)
+    proc = run_benchmark("eval_hflip.py", "fmnist", tmp_path / "none.ckpt", "--quick", "--out", out, cwd=tmp_path)
+    assert proc.returncode != 0 and "no such checkpoint" in proc.stderr, explain(proc)
+
+
+@needs_fmnist
 def test_training_record_goes_where_it_is_told(tmp_path):
     """A two-step recipe run of a tiny network, recorded in a temporary file (never in results/training.json);
     its logs stay in the temporary working directory."""
@@ -331,10 +359,12 @@ def test_training_record_goes_where_it_is_told(tmp_path):
         "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false", "--note", "a test run",
         "--model.curvature.bound=0.9", "--model.curvature.iters=3", "--model.optim.optimizer=adamw",
         "--model.optim.weight_decay=0.05", "--data.shift=1", "--data.hflip=true", "--seed_everything=3",
-        cwd=tmp_path)
+        "--model.eval_hflip=true", cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     (record,) = records(out)
-    assert (record["seed"], record["shift"], record["hflip"]) == (3, 1, True)
+    assert (record["seed"], record["shift"], record["hflip"], record["eval_hflip"]) == (3, 1, True, True)
+    assert all(len(record[k].split()) == 3 for k in ("load_avg_start", "load_avg_end"))  # 1/5/15-minute averages
+    assert all(point["load_avg_1m"] >= 0 for point in record["curve"])
     assert record["dataset"] == "fashion_mnist" and record["global_steps"] == 2 and not record["complete"]
     assert (record["channels"], record["hidden"], record["pooling"]) == ([4, 8], [16], "avg")  # read from the net
     assert record["note"] == "a test run"

@@ -8,7 +8,7 @@
   login or a file from an earlier run) is compiled and its imports run, nothing else. The generated pages
   (``results.md``, ``benchmarks.md``) hold commands, not Python, and are left to their own test.
 - The settings table of ``docs/guide/lightning.md`` lists every field of every settings group (and ``method``,
-  ``seed``) with its current default, and nothing else.
+  ``seed``, ``eval_hflip``) with its current default, and nothing else.
 - ``mkdocs build --strict`` passes: no warning, no broken link or anchor, every docstring renders.
 """
 
@@ -140,9 +140,10 @@ def test_settings_table_lists_every_field_with_its_default():
     groups = {"network": NetworkConfig, "phases": PhasesConfig, "ep": EPConfig, "bptt": BPTTConfig,
               "curvature": CurvatureConfig, "optim": OptimConfig}
     signature = inspect.signature(EPLightningModule.__init__).parameters
-    assert set(signature) - {"self"} == set(groups) | {"method", "seed"}, "a new argument: add it to the table"
+    plain = ("method", "seed", "eval_hflip")  # the arguments outside the groups
+    assert set(signature) - {"self"} == set(groups) | set(plain), "a new argument: add it to the table"
     # the groups themselves are given whole; curvature is the one that may be None (no penalty)
-    expected = {name: signature[name].default for name in ("method", "seed", "curvature")}
+    expected = {name: signature[name].default for name in (*plain, "curvature")}
     for group, cls in groups.items():
         defaults = cls()  # after __post_init__: the values the module really gets
         expected.update({f"{group}.{f.name}": getattr(defaults, f.name) for f in dataclasses.fields(cls)})

@@ -290,6 +290,29 @@ def test_predict_gives_classes_logits_or_probabilities(tmp_path):
         trainer(tmp_path).predict(model, loader)
 
 
+def test_eval_hflip_averages_each_image_with_its_mirror(tmp_path):
+    data = PatternDataModule(n=64)
+    model = module(eval_hflip=True)
+    trainer(tmp_path, max_steps=2).fit(model, data)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(40, *SHAPE, generator=g), torch.randint(0, CLASSES, (40,), generator=g)
+    averaged = (model(x) + model(x.flip(-1))) / 2  # the oracle: each image and its mirror in passes of their own
+    assert not torch.allclose(averaged, model(x), atol=1e-3)  # the mirrors change the outputs: the test can fail
+    model.predict_output = "logits"
+    logits = torch.cat(trainer(tmp_path).predict(model, DataLoader(TensorDataset(x), batch_size=16)))
+    torch.testing.assert_close(logits, averaged)
+    tested = trainer(tmp_path).test(model, DataLoader(TensorDataset(x, y), batch_size=16), verbose=False)
+    assert tested[0]["test/acc"] == pytest.approx((averaged.argmax(1) == y).float().mean().item())
+    t = trainer(tmp_path, max_steps=1, enable_checkpointing=True)
+    t.fit(module(eval_hflip=True), data)
+    t.save_checkpoint(tmp_path / "flip.ckpt")
+    assert EPLightningModule.load_from_checkpoint(tmp_path / "flip.ckpt").eval_hflip is True
+    with pytest.raises(TypeError, match="eval_hflip must be True or False"):
+        module(eval_hflip="yes")
+    with pytest.raises(ValueError, match=r"needs \(B, C, H, W\) images"):
+        model.predict_step(torch.rand(4, 300), 0)
+
+
 # -- inputs --------------------------------------------------------------------------------------------------
 def _one_step(tmp_path, images: torch.Tensor, labels: torch.Tensor, collate=None) -> list[torch.Tensor]:
     seed_everything(0)

@@ -316,3 +316,23 @@ def test_a_lever_study_compares_each_lever_with_the_run_without_one(tmp_path: Pa
     assert "| --model.optim.weight_decay 0.01 | 25.00 % | +3.00 |" in text
     assert "`python benchmarks/training.py fmnist --config recipes/configs/fmnist_best.yaml --data.shift 0 " \
         "--trainer.max_epochs 6 --record benchmarks/results/levers_capacity.json [lever flags]`" in text
+
+
+def test_eval_hflip_block(tmp_path: Path) -> None:
+    """Each checkpoint's test error alone and with mirror averaging, named by the command that trained it."""
+    common = {"dataset": "fashion_mnist", "test_images": 10000, "threads": 2, "hardware": HARDWARE,
+              "command": "python benchmarks/eval_hflip.py fmnist a.ckpt b.ckpt"}
+    trained = ("python benchmarks/training.py fmnist --config recipes/configs/fmnist_best.yaml --data.shift 0 "
+               "--trainer.max_time 00:01:58:00 --note 'a note'")
+    records = [{**common, "checkpoint": "a.ckpt", "global_step": 34400, "test_error": 0.0921,
+                "test_error_eval_hflip": 0.0895, "difference": -0.0026, "test_s": 9.6, "test_s_eval_hflip": 18.2,
+                "trained_by": trained},
+               {**common, "checkpoint": "b.ckpt", "global_step": 5, "test_error": 0.5,
+                "test_error_eval_hflip": 0.51, "difference": 0.01, "test_s": 9.0, "test_s_eval_hflip": 17.0,
+                "trained_by": None}]
+    text = rt.block_eval_hflip(results_with(tmp_path, eval_hflip=records))
+    # the training command less what changes nothing (its note, a finished run's time limit)
+    assert ("| `python benchmarks/training.py fmnist --config recipes/configs/fmnist_best.yaml --data.shift 0` "
+            "| 34,400 | 9.21 % | 8.95 % | −0.26 | 10 s / 18 s |") in text
+    assert "| `b.ckpt` | 5 | 50.00 % | 51.00 % | +1.00 | 9 s / 17 s |" in text  # no record: the checkpoint
+    assert "on the 10,000 test images twice" in text and "`benchmarks/results/eval_hflip.json`" in text

@@ -26,7 +26,7 @@ from snntorch import functional as SF
 from snntorch import surrogate as snn_surrogate
 from torch import Tensor, nn
 
-from lightning_ep.classifier import ImageClassifier
+from lightning_ep.classifier import ImageClassifier, check_flag
 from lightning_ep.config import as_plain, coerce
 from lightning_ep.network import check_batch
 from lightning_ep.optimization import OptimConfig
@@ -166,6 +166,8 @@ class SnnTorchCSNN(ImageClassifier):
             (80 % / 20 % of the steps for the correct / other classes).
         optim: optimizer, learning rate and schedule (an OptimConfig, as ``EPLightningModule``'s; gradient
             clipping and accumulation go to the Trainer instead).
+        eval_hflip: validation, test and prediction average each image's output spike counts with its left-right
+            mirror's (test-time augmentation, as ``EPLightningModule``'s; twice the cost).
     """
 
     def __init__(
@@ -184,9 +186,11 @@ class SnnTorchCSNN(ImageClassifier):
         surrogate_slope: float | None = None,
         loss: CSNNLoss = "ce_rate",
         optim: OptimConfig = OptimConfig(),
+        eval_hflip: bool = False,
     ) -> None:
         super().__init__()
         self.optim = coerce(OptimConfig, optim, "optim")
+        self.eval_hflip = check_flag("eval_hflip", eval_hflip)
         if self.optim.gradient_clip_val is not None or self.optim.accumulate_grad_batches != 1:
             raise ValueError("SnnTorchCSNN trains under automatic optimization: pass gradient_clip_val and "
                              "accumulate_grad_batches to the Trainer, not to its OptimConfig")
