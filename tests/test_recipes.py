@@ -47,7 +47,8 @@ def test_print_config_shows_every_group(tmp_path):
     assert config["model"]["ep"]["beta"] == 0.25 and config["model"]["phases"]["t1"] == 12
     assert {"trainer", "model", "data"} <= set(config)
     assert config["model"]["network"]["threshold"] > 0  # the demo config trains the spiking network
-    assert set(config["model"]) == {"network", "phases", "ep", "method", "bptt", "curvature", "optim", "seed"}
+    assert set(config["model"]) == {"network", "phases", "ep", "method", "bptt", "curvature", "optim", "seed",
+                                     "eval_hflip"}
 
 
 def test_help_gives_every_model_flag_a_meaning(tmp_path):
