@@ -66,12 +66,19 @@ def hardware() -> str:
             f"| {platform.system()} {platform.release()}{gpu}")
 
 
-def load_average() -> str:
-    """The 1/5/15-minute load averages (other processes sharing the cores slow every timing)."""
+def load_averages() -> tuple[float, float, float] | None:
+    """The 1/5/15-minute load averages (other processes sharing the cores slow every timing); None where the
+    platform has none."""
     try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
+        return os.getloadavg()
+    except (OSError, AttributeError):  # AttributeError: no os.getloadavg on this platform
+        return None
+
+
+def load_average() -> str:
+    """``load_averages`` as text: '1.02 0.98 0.95', or 'n/a'."""
+    values = load_averages()
+    return "n/a" if values is None else " ".join(f"{v:.2f}" for v in values)
 
 
 def command() -> str:

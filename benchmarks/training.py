@@ -31,7 +31,6 @@ Records made before this choice (the first paper-config FashionMNIST run) used t
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
@@ -42,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import RESULTS_DIR, hardware, load_average  # noqa: E402
+from common import RESULTS_DIR, hardware, load_average, load_averages  # noqa: E402
 from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 
 from lightning_ep.baselines import SnnTorchCSNN  # noqa: E402
@@ -128,16 +127,16 @@ def epochs_trained(trainer: Trainer) -> float:
 
 class CurveRecorder(Callback):
     """Keeps one point per validation run: the learning curve stored with the record. Each point: the fractional epoch,
-    wall seconds, the machine's 1-minute load average (``load_avg_1m``), the validation metrics (accuracy, loss, the
-    free phase's last state change, its steps and the spike rate per layer), the training batches since the last point
-    (``train_acc``: their mean accuracy, on augmented images where augmentation is on, as the weights change; for EP
-    and BPTT the mean steps actually run per phase and the mean last state change of the free phase) and, with a
-    ``GradientAlignment`` callback, its latest EP-vs-BPTT cosine. The points and the wall time so far go into every
-    checkpoint: a run resumed from one (``--ckpt_path``) continues its curve and its clock (the time between that
-    checkpoint and the cut is lost, not counted)."""
+    wall seconds, the machine's 1-minute load average (``load_avg_1m``; None without one), the validation metrics
+    (accuracy, loss, the free phase's last state change, its steps and the spike rate per layer), the training batches
+    since the last point (``train_acc``: their mean accuracy, on augmented images where augmentation is on, as the
+    weights change; for EP and BPTT the mean steps actually run per phase and the mean last state change of the free
+    phase) and, with a ``GradientAlignment`` callback, its latest EP-vs-BPTT cosine. The points and the wall time so
+    far go into every checkpoint: a run resumed from one (``--ckpt_path``) continues its curve and its clock (the time
+    between that checkpoint and the cut is lost, not counted)."""
 
     def __init__(self, alignment: GradientAlignment | None = None) -> None:
-        self.points: list[dict[str, float]] = []
+        self.points: list[dict[str, float | None]] = []
         self.start = time.perf_counter()
         self.earlier_s = 0.0  # wall seconds of the parts before a resume
         self.parts = 1  # 1 + how many times the run was resumed
@@ -182,8 +181,10 @@ class CurveRecorder(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
-        point: dict[str, float] = {"epoch": round(epochs_trained(trainer), 3), "wall_s": round(self.elapsed(), 3),
-                                   "load_avg_1m": round(os.getloadavg()[0], 2)}
+        loads = load_averages()
+        point: dict[str, float | None] = {"epoch": round(epochs_trained(trainer), 3),
+                                          "wall_s": round(self.elapsed(), 3),
+                                          "load_avg_1m": None if loads is None else round(loads[0], 2)}
         for key, value in metrics.items():
             if key.startswith("val/"):
                 point[key.replace("/", "_")] = round(float(value), 6)
