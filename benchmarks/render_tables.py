@@ -1199,8 +1199,9 @@ def block_baselines(results: Results) -> str:
 
 def block_eval_hflip(results: Results) -> str:
     records = results["eval_hflip"]
-    rows = [[code(shown_command({"command": r["trained_by"], "complete": True})) if r["trained_by"]
-             else code(r["checkpoint"]), f"{r['global_step']:,}", pct(r["test_error"]),
+    trained = {r["command"]: r for r in results["training"]}  # the records the checkpoints were matched to
+    rows = [[code(shown_command(trained[r["trained_by"]])) if r["trained_by"] else code(r["checkpoint"]),
+             f"{r['global_step']:,}", pct(r["test_error"]),
              pct(r["test_error_eval_hflip"]), points(r["difference"]),
              f"{r['test_s']:.0f} s / {r['test_s_eval_hflip']:.0f} s"] for r in records]
     return (f"Each row: the last weights of a recorded training run (its command), tested on the "
@@ -1266,7 +1267,7 @@ BLOCKS: dict[str, Block] = {
         "levers_depth", "the flips-only config",
         "a few epochs with a third conv layer on the flips-only FashionMNIST config"),
     "levers": Block(block_levers, ("levers",), "one epoch per training-step setting: seconds, steps, accuracy"),
-    "eval_hflip": Block(block_eval_hflip, ("eval_hflip",),
+    "eval_hflip": Block(block_eval_hflip, ("eval_hflip", "training"),
                         "test error of trained weights without and with test-time mirror averaging"),
     "step_cost": Block(block_step_cost, ("step_cost",),
                        "a training batch's time per lever on a recipe config, and the epochs a time budget buys"),

@@ -330,7 +330,7 @@ def test_eval_hflip_block(tmp_path: Path) -> None:
                {**common, "checkpoint": "b.ckpt", "global_step": 5, "test_error": 0.5,
                 "test_error_eval_hflip": 0.51, "difference": 0.01, "test_s": 9.0, "test_s_eval_hflip": 17.0,
                 "trained_by": None}]
-    text = rt.block_eval_hflip(results_with(tmp_path, eval_hflip=records))
+    text = rt.block_eval_hflip(results_with(tmp_path, eval_hflip=records, training=[run(0.0921, command=trained)]))
     # the training command less what changes nothing (its note, a finished run's time limit)
     assert ("| `python benchmarks/training.py fmnist --config recipes/configs/fmnist_best.yaml --data.shift 0` "
             "| 34,400 | 9.21 % | 8.95 % | −0.26 | 10 s / 18 s |") in text
