@@ -6,9 +6,10 @@ Reads ``benchmarks/results/training.json`` (written by ``benchmarks/training.py`
 results tables do (``render_tables.BEYOND`` and ``render_tables.PAPER_CURVES``). One row per dataset that has a
 complete beyond-paper run:
 
-- validation error by epoch, each seed of the beyond-paper configuration and each full-length lever run on it
-  (``render_tables.beyond_levers``), and each baseline (``render_tables.beyond_baseline_commands``, dash-dotted)
-  against the paper configuration's runs (dashed; all hold the same 5,000 training images out);
+- validation error by epoch, each seed of the chosen beyond-paper configuration, the recipe it was chosen from as
+  it is and each other full-length lever run on that recipe (``render_tables.beyond_levers``), and each baseline
+  (``render_tables.beyond_baseline_commands``, dash-dotted) against the paper configuration's runs (dashed; all
+  hold the same 5,000 training images out);
 - training accuracy (the mean over the epoch's augmented training batches, as the weights change) against
   validation accuracy, so that overfitting can be seen (older paper-configuration records hold no training
   accuracy: their validation accuracy only);
@@ -27,12 +28,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from plot_training import PAPER_ERROR, TITLES, cosine_curve, error_curve, save
 from render_tables import (
+    CHOSEN_FLAGS,
     PAPER_CURVES,
     Record,
     Results,
     beyond_baseline_commands,
     beyond_configs,
     beyond_levers,
+    beyond_recipe,
     runs_of,
     setting,
 )
@@ -58,10 +61,12 @@ def plot_beyond(results: Results, out: Path) -> Path | None:
     """The figure (see the module docstring); None when no dataset has a complete beyond-paper run."""
     rows = []
     for dataset, config in beyond_configs(results):
-        levers = [(f"config + {flags}", runs) for flags, runs in beyond_levers(results, dataset)]
+        recipe = [("recipe as it is", beyond_recipe(results, dataset))] if CHOSEN_FLAGS[dataset] else []
+        levers = [(f"recipe + {flags}", runs) for flags, runs in beyond_levers(results, dataset)
+                  if flags != CHOSEN_FLAGS[dataset]]
         baselines = [(f"baseline: {label}", runs) for label, command in beyond_baseline_commands(dataset)
                      for runs in runs_of(results, dataset=dataset, command=command)]
-        rows.append((dataset, [("beyond-paper config", config), *levers], baselines,
+        rows.append((dataset, [("beyond-paper config", config), *recipe, *levers], baselines,
                      [r for g in runs_of(results, **PAPER_CURVES[dataset]) for r in g]))
     if not rows:
         return None
