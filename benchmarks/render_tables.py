@@ -194,18 +194,20 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "shift": ("--data.shift",),
     "hflip": ("--data.hflip",),
     "eval_hflip": ("--model.eval_hflip",),
+    "label_smoothing": ("--model.network.label_smoothing",),
 }
 #: The value of a setting that neither the record nor its command states: the module's default, unchanged since
 #: the first record (the curvature bound did not exist before its field; the CLI's seed default is 0).
 DEFAULTS: dict[str, Any] = {"optimizer": "adam", "weight_decay": 0.0, "dither": False, "average_last": 0,
                             "bptt_truncate": None, "curvature_bound": None, "accelerator": "cpu", "seed": 0,
-                            "shift": 0, "hflip": False, "curvature_every": 1, "eval_hflip": False}
+                            "shift": 0, "hflip": False, "curvature_every": 1, "eval_hflip": False,
+                            "label_smoothing": 0.0}
 #: The settings that make two runs the same experiment (runs that share them and their command, less the seed,
 #: are seeds of one setting).
 SETTINGS = ("dataset", "method", "bptt_objective", "bptt_truncate", "threshold", "pooling", "channels", "hidden",
             "t1", "t2", "beta", "start", "omega", "loss", "curvature_bound", "curvature_iters", "curvature_every",
             "optimizer", "weight_decay", "dither", "average_last", "batch_size", "train_samples", "max_epochs",
-            "accelerator", "shift", "hflip", "eval_hflip")
+            "accelerator", "shift", "hflip", "eval_hflip", "label_smoothing")
 #: Flags that change neither the run nor its result, left out of the commands shown.
 COSMETIC = ("--note", "--trainer.enable_progress_bar", "--trainer.default_root_dir", "--ckpt_path")
 
@@ -416,6 +418,13 @@ def _eval_hflip(r: Record) -> str:
     return "tested with mirror averaging" if setting(r, "eval_hflip") else ""
 
 
+def _loss(r: Record) -> str | None:
+    loss, smoothing = setting(r, "loss"), setting(r, "label_smoothing")
+    if loss is UNKNOWN:
+        return None
+    return f"{loss} loss" + (f" with label smoothing {smoothing:g}" if smoothing else "")
+
+
 def _simple(name: str, fmt: Callable[[Any], str]) -> Callable[[Record], str | None]:
     def aspect(r: Record) -> str | None:
         value = setting(r, name)
@@ -438,7 +447,7 @@ ASPECTS: dict[str, tuple[str, Callable[[Record], str | None]]] = {
     "dither": ("dithering", _dither),
     "augmentation": ("augmentation", _augmentation),
     "eval_hflip": ("test-time mirrors", _eval_hflip),
-    "loss": ("loss", _simple("loss", lambda v: f"{v} loss")),
+    "loss": ("loss", _loss),
     "batch": ("batch", _simple("batch_size", lambda v: f"batch {v}")),
     "images": ("training images", _simple("train_samples", lambda v: f"{v:,} training images")),
     "epochs": ("epochs", _simple("max_epochs", lambda v: f"{v} epochs")),

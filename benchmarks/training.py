@@ -83,7 +83,8 @@ def ep_fields(model: EPLightningModule) -> dict[str, object]:
     return {
         "method": model.method, "spiking": model.net.spiking, **network_summary(model.net),
         "threshold": model.net.threshold, "t1": phases.t1, "t2": phases.t2, "beta": model.ep.beta,
-        "loss": model.network_config.loss, "start": phases.start, "omega": phases.omega, "tol": phases.tol,
+        "loss": model.network_config.loss, "label_smoothing": model.network_config.label_smoothing,
+        "start": phases.start, "omega": phases.omega, "tol": phases.tol,
         "bptt_truncate": model.bptt.truncate,
         "bptt_objective": model.bptt.objective if model.method == "bptt" else None,
         "curvature_bound": curvature.bound if curvature is not None else None,

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from lightning_ep.dynamics import StartKind, UpdateOrder
 from lightning_ep.ep import Estimator
-from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind
+from lightning_ep.network import Conv, ConvergentNetwork, Dense, LossKind, check_label_smoothing
 from lightning_ep.pooling import check_pooling
 
 Method = Literal["ep", "bptt"]
@@ -55,6 +55,8 @@ class NetworkConfig:
             non-spiking network that sends its exact states). Paper: 0.01.
         graded: True: a neuron may send several spikes a step (its change rounded to multiples of theta); False:
             at most one spike (of either sign) a step.
+        label_smoothing: share of the target spread evenly over all classes, in [0, 1) (0: one-hot targets; the
+            paper's); it regularises like in backprop training, and EP nudges towards the smoothed target.
     """
 
     input_shape: tuple[int, ...] = (1, 28, 28)
@@ -68,6 +70,7 @@ class NetworkConfig:
     loss: LossKind = "mse"
     threshold: float = 0.01
     graded: bool = True
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -88,6 +91,7 @@ class NetworkConfig:
             raise ValueError(f"channels and hidden widths must be >= 1, got {self.channels} and {self.hidden}")
         if not (math.isfinite(self.threshold) and self.threshold >= 0):
             raise ValueError(f"threshold (the Sigma-Delta spike size) must be >= 0, got {self.threshold}")
+        check_label_smoothing(self.label_smoothing)
 
     @property
     def layer_specs(self) -> list[Conv | Dense]:
@@ -100,17 +104,19 @@ class NetworkConfig:
     def build(self) -> ConvergentNetwork:
         """A new network with freshly initialised weights."""
         return ConvergentNetwork(self.input_shape, self.layer_specs, self.num_classes, self.loss, self.threshold,
-                                 self.graded)
+                                 self.graded, label_smoothing=self.label_smoothing)
 
     @classmethod
     def of(cls, net: ConvergentNetwork) -> NetworkConfig:
-        """The configuration that builds a network like ``net`` (its layer stack, loss, threshold and spikes).
+        """The configuration that builds a network like ``net`` (its layer stack, loss, label smoothing, threshold
+        and spikes).
 
         Args:
             net: the network (a ``ConvergentNetwork``); its weights are not part of the configuration.
         """
         return cls(input_shape=net.input_shape, num_classes=net.num_classes, layers=tuple(net.layer_specs),
-                   loss=net.loss_kind, threshold=net.threshold, graded=net.blocks[0].neuron.graded)
+                   loss=net.loss_kind, threshold=net.threshold, graded=net.blocks[0].neuron.graded,
+                   label_smoothing=net.label_smoothing)
 
 
 _SHORTCUT_FIELDS = [f for f in dataclasses.fields(NetworkConfig)

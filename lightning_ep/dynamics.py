@@ -201,14 +201,15 @@ def _drive(net: ConvergentNetwork, i: int, x_drive: Tensor, r: list[Tensor], cac
 
 
 def _nudged(
-    net: ConvergentNetwork, d: Tensor, s_last: Tensor, beta: float | Tensor, y1h: Tensor, exact: bool
+    net: ConvergentNetwork, d: Tensor, s_last: Tensor, beta: float | Tensor, target: Tensor, exact: bool
 ) -> Tensor:
     """Add the nudge ``-beta dloss/ds_L`` to the last layer's drive. For mse and ``exact``, the closed-form
-    minimiser ``(d + beta y) / (1 + beta)`` (the same fixed point as the prototypical ``d + beta (y - s)``)."""
+    minimiser ``(d + beta target) / (1 + beta)`` (the same fixed point as the prototypical
+    ``d + beta (target - s)``)."""
     if net.readout is None:
-        return (d + beta * y1h) / (1.0 + beta) if exact else d + beta * (y1h - s_last)
+        return (d + beta * target) / (1.0 + beta) if exact else d + beta * (target - s_last)
     p = F.softmax(net.readout(s_last.flatten(1)), dim=1)
-    return d + beta * ((y1h - p) @ net.readout.weight).view_as(d)
+    return d + beta * ((target - p) @ net.readout.weight).view_as(d)
 
 
 def relax(
@@ -271,7 +272,7 @@ def relax(
     check_omega(omega)
     check_average_last(average_last, steps, tol)
     n = len(state.s)
-    y1h = F.one_hot(y, net.num_classes).to(x_drive.dtype) if nudging else x_drive
+    target = net.targets(y, x_drive.dtype) if nudging else x_drive
     groups = [list(range(0, n, 2)), list(range(1, n, 2))] if update == "async" else [list(range(n))]
     s, r = list(state.s), list(state.r)
     spikes = [torch.zeros((), device=x_drive.device, dtype=x_drive.dtype) for _ in range(n)]
@@ -297,7 +298,7 @@ def relax(
                 else:
                     d = forward[i] + fb
                 if i == n - 1 and nudging:
-                    d = _nudged(net, d, s[i], beta, y1h, exact=update == "async")
+                    d = _nudged(net, d, s[i], beta, target, exact=update == "async")
                 if omega != 1.0:
                     d = torch.lerp(s[i], d, omega)
                 new[i] = d.clamp_(0.0, 1.0) if in_place and d is not x_drive else d.clamp(0.0, 1.0)

@@ -66,6 +66,8 @@ class ConvergentNetwork(nn.Module):
     """Blocks ``x -> s_1 -> ... -> s_L``. With ``loss='mse'`` the last state layer has ``num_classes`` neurons
     nudged towards the one-hot target; with ``loss='ce'`` a (non-neuron) linear read-out of the last state gives
     the logits. ``threshold > 0`` makes every layer talk through Sigma-Delta spikes of that size.
+    ``label_smoothing > 0`` replaces the one-hot target by ``(1 - label_smoothing) * onehot + label_smoothing /
+    num_classes`` (``targets``) in the loss, so in the nudged phases too.
 
     Args:
         input_shape: one sample's shape, ``(C, H, W)`` for images or ``(features,)`` (positive sizes; conv layers
@@ -80,10 +82,12 @@ class ConvergentNetwork(nn.Module):
         graded: a step sends the whole rounded change as one graded spike (True, default), or at most one signed
             spike per neuron (False).
         spike_grad: snnTorch surrogate gradient of non-graded spikes in BPTT (None: ``snntorch.surrogate.atan()``).
+        label_smoothing: the share of the target spread evenly over all classes, in ``[0, 1)`` (default 0: the
+            one-hot target).
 
     Raises:
-        ValueError: an unknown ``loss``, ``num_classes < 2``, a bad ``input_shape`` or a layer that does not fit
-            its input.
+        ValueError: an unknown ``loss``, ``num_classes < 2``, a bad ``input_shape``, a layer that does not fit
+            its input or ``label_smoothing`` outside ``[0, 1)``.
         TypeError: a layer that is not a ``Conv`` or ``Dense`` spec.
     """
 
@@ -96,8 +100,10 @@ class ConvergentNetwork(nn.Module):
         threshold: float = 0.0,
         graded: bool = True,
         spike_grad: SpikeFunction | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        check_label_smoothing(label_smoothing)
         if loss not in ("mse", "ce"):
             raise ValueError(f"unknown loss {loss!r}: use 'mse' (one-hot targets on the output layer) or 'ce'")
         if num_classes < 2:
@@ -108,6 +114,7 @@ class ConvergentNetwork(nn.Module):
         self.layer_specs: tuple[Conv | Dense, ...] = tuple(layers)  # what was built, input side first
         self.num_classes = num_classes
         self.loss_kind: LossKind = loss
+        self.label_smoothing = float(label_smoothing)
         blocks: list[nn.Module] = []
         shape = self.input_shape
         for number, spec in enumerate(layers, start=1):
@@ -225,19 +232,31 @@ class ConvergentNetwork(nn.Module):
             return states[-1]
         return self.readout(states[-1].flatten(1))
 
+    def targets(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        """The target rows of labels ``y``, ``(B, num_classes)``: one-hot, smoothed by ``label_smoothing``.
+
+        Args:
+            y: the labels, ``(B,)`` class indices in ``[0, num_classes)`` of any integer dtype.
+            dtype: the floating dtype of the rows (the states').
+        """
+        one_hot = F.one_hot(y.long(), self.num_classes).to(dtype)
+        if self.label_smoothing == 0.0:
+            return one_hot
+        return one_hot * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
+
     def loss(self, states: Sequence[Tensor], y: Tensor) -> Tensor:
-        """Per-sample cost: ``1/2 |s_L - onehot(y)|^2`` (mse) or cross-entropy of the read-out (ce); ``y`` holds
-        class indices of any integer dtype.
+        """Per-sample cost: ``1/2 |s_L - targets(y)|^2`` (mse) or cross-entropy of the read-out against the same
+        targets (ce); ``y`` holds class indices of any integer dtype.
 
         Args:
             states: the states, one ``(B, *shape)`` tensor per layer in ``state_shapes`` order (input side first).
             y: the labels, ``(B,)`` class indices in ``[0, num_classes)`` of any integer dtype.
         """
         out = self.logits(states)
-        y = y.long()  # one_hot and cross_entropy take int64 only (no copy when y is int64 already)
         if self.readout is None:
-            return 0.5 * (out - F.one_hot(y, self.num_classes).to(out.dtype)).pow(2).sum(1)
-        return F.cross_entropy(out, y, reduction="none")
+            return 0.5 * (out - self.targets(y, out.dtype)).pow(2).sum(1)
+        # cross_entropy takes int64 labels only (no copy when y is int64 already)
+        return F.cross_entropy(out, y.long(), reduction="none", label_smoothing=self.label_smoothing)
 
     def total_energy(self, x: Tensor, states: Sequence[Tensor], y: Tensor, beta: float) -> Tensor:
         """Per-sample ``F = E + beta * loss``, shape ``(B,)``.
@@ -268,6 +287,13 @@ def check_batch(x: Tensor, y: Tensor | None, input_shape: Sequence[int], num_cla
                          "dtype), not one-hot rows, floats or booleans")
     if y.numel() and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
+
+
+def check_label_smoothing(value: float) -> None:
+    """Raise a ValueError unless ``value`` is a label smoothing in ``[0, 1)`` (1 would leave no label at all)."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0):
+        raise ValueError(f"label_smoothing must be a number in [0, 1), got {value!r}: 0 keeps the one-hot target, "
+                         "0.1 spreads a tenth of it over all classes")
 
 
 def is_class_index_dtype(dtype: torch.dtype) -> bool:
@@ -329,7 +355,7 @@ def two_conv_two_dense(
         loss: ``'mse'`` (default) or ``'ce'``, as in ``ConvergentNetwork``.
         threshold: the Sigma-Delta spike size, in units of the state (finite, >= 0; default 0: no spikes).
         padding: zeros added on every side of every conv input, in pixels (integer >= 0; default 0).
-        **neuron: ``graded`` and ``spike_grad``, passed to ``ConvergentNetwork``.
+        **neuron: ``graded``, ``spike_grad`` and ``label_smoothing``, passed to ``ConvergentNetwork``.
 
     Raises:
         ValueError: a network that does not fit ``input_shape`` (with the padding that would), or any

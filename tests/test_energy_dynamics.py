@@ -49,12 +49,12 @@ def closed_form_drives(net, x, s, y, beta):
     n = len(s)
     x_drive = input_drive(net, x)
     cache = _IndexCache(n)
-    y1h = F.one_hot(y, net.num_classes).to(x.dtype)
+    target = net.targets(y, x.dtype)
     out = []
     for i in range(n):
         d = _drive(net, i, x_drive, s, cache)
         if i == n - 1 and beta != 0.0:
-            d = _nudged(net, d, s[i], beta, y1h, exact=False)
+            d = _nudged(net, d, s[i], beta, target, exact=False)
         out.append(d)
     return out
 
@@ -123,6 +123,46 @@ def test_sync_step_is_clamped_autograd_drive(pooling, loss, beta):
     for a, b in zip(res.state.s, ref.state.s, strict=True):
         assert (a - b).abs().max().item() < 1e-10
     assert res.last_change == pytest.approx(ref.last_change, abs=1e-10)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_label_smoothing_nudges_as_autograd_of_the_smoothed_energy(loss):
+    """With label smoothing, the closed-form nudged drive and a synchronous step of ``relax`` equal autograd of
+    ``F = E + beta * loss`` with the smoothed loss, and differ from the one-hot network's."""
+    net = make_net("avg", loss, label_smoothing=0.2)
+    x, y, s = random_batch(net)
+    want = autograd_drives(net, x, s, y, 0.3)
+    with torch.no_grad():
+        got = closed_form_drives(net, x, s, y, 0.3)
+        step = relax(net, input_drive(net, x), NetworkState(list(s), list(s)), 1, beta=0.3, y=y, update="sync")
+    for a, b, c in zip(got, want, step.state.s, strict=True):
+        assert (a - b).abs().max().item() < 1e-5
+        assert (c - b.clamp(0.0, 1.0)).abs().max().item() < 1e-10
+    one_hot = autograd_drives(make_net("avg", loss), x, s, y, 0.3)
+    assert (one_hot[-1] - want[-1]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_label_smoothing_loss_is_its_formula(loss):
+    net = make_net("avg", loss, label_smoothing=0.1)
+    _, y, s = random_batch(net)
+    target = torch.full((len(y), NUM_CLASSES), 0.1 / NUM_CLASSES, dtype=torch.float64)
+    target[torch.arange(len(y)), y] += 0.9
+    assert torch.allclose(net.targets(y, torch.float64), target)
+    out = net.logits(s)
+    want = (0.5 * (out - target).pow(2).sum(1) if loss == "mse"
+            else -(target * F.log_softmax(out, dim=1)).sum(1))
+    assert torch.allclose(net.loss(s, y), want)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, float("nan"), True])
+def test_label_smoothing_outside_zero_to_one_is_refused(value):
+    from lightning_ep.config import NetworkConfig
+
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\)"):
+        make_net(label_smoothing=value)
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\)"):
+        NetworkConfig(label_smoothing=value)
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)

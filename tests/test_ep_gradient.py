@@ -113,6 +113,21 @@ def test_symmetric_beats_one_sided(loss, beta, data, reference):
     assert e_sym < 0.5 * e_one  # the O(beta^2) vs O(beta) bias shows clearly, not by a hair
 
 
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_ep_matches_bptt_with_label_smoothing(loss, data, reference):
+    """EP nudges towards the smoothed target, so its estimate is the gradient of the smoothed loss: it matches
+    BPTT of that loss, not the one-hot gradient."""
+    x, y = data
+    g_bptt, res = bptt_grads(make_net(loss=loss, label_smoothing=0.2), x, y)
+    assert res.free.last_change < 1e-8
+    g_ep, _ = ep_grads(make_net(loss=loss, label_smoothing=0.2), x, y, 0.001, "symmetric")
+    cos, err = cosines(g_ep, g_bptt), rel_error(g_ep, g_bptt)
+    print(f"\n[{loss}, label smoothing 0.2] min cosine {min(cos):.8f}, relative error {err:.2e}")
+    assert min(cos) >= BOUND, cos
+    assert err < 1e-3
+    assert rel_error(g_ep, get_bptt(reference, loss, x, y)) > 0.01  # the one-hot gradient is another
+
+
 def test_spiking_ep_matches_bptt_through_spikes(data):
     x, y = data
     net = make_net(loss="mse", threshold=0.001)

@@ -96,15 +96,17 @@ def test_layers_and_the_2c2fc_shortcut_conflict():
 
 
 def test_a_built_network_is_trained_recorded_and_rebuilt_on_load(tmp_path):
-    net = ConvergentNetwork(SHAPE, [Conv(4, 3), Dense(16)], CLASSES, loss="ce", threshold=0.01)
+    net = ConvergentNetwork(SHAPE, [Conv(4, 3), Dense(16)], CLASSES, loss="ce", threshold=0.01,
+                            label_smoothing=0.1)
     model = EPLightningModule.from_network(net, phases=PhasesConfig(t1=10, t2=4), curvature=None)
     assert model.net is net
     assert model.hparams["network"]["threshold"] == 0.01 and model.hparams["network"]["loss"] == "ce"
+    assert model.hparams["network"]["label_smoothing"] == 0.1
     t = trainer(tmp_path, max_steps=1)
     t.fit(model, PatternDataModule())
     t.save_checkpoint(tmp_path / "m.ckpt")
     loaded = EPLightningModule.load_from_checkpoint(tmp_path / "m.ckpt")  # no network= needed
-    assert loaded.net.spiking and loaded.net.readout is not None
+    assert loaded.net.spiking and loaded.net.readout is not None and loaded.net.label_smoothing == 0.1
     for a, b in zip(loaded.net.parameters(), net.parameters(), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(TypeError, match="from_network"):

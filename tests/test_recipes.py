@@ -57,6 +57,7 @@ def test_help_gives_every_model_flag_a_meaning(tmp_path):
     text = " ".join(out.stdout.split())
     for flag, meaning in (("--model.phases.t1", "steps of the free phase in training"),
                           ("--model.network.graded", "a neuron may send several spikes a step"),
+                          ("--model.network.label_smoothing", "share of the target spread evenly"),
                           ("--model.phases.update", "descent of the energy"),
                           ("--model.phases.tol", "stop a phase early"),
                           ("--model.ep.average_last", "averaged over the last"),
