@@ -153,6 +153,10 @@ def test_settings_of_older_records() -> None:
     assert rt.describe(lazy, ("curvature",)) == "curvature bound 0.9 (30 rounds, every 2 batches)"
     recorded = run(0.09, curvature_every=4)
     assert rt.describe(recorded, ("curvature",)) == "curvature bound 0.9 (30 rounds, every 4 batches)"
+    assert rt.describe(run(0.09, loss="mse"), ("loss",)) == "mse loss"  # no label smoothing: said by none
+    smoothed = run(0.09, loss="mse", command="x --model.network.label_smoothing 0.1")
+    assert rt.describe(smoothed, ("loss",)) == "mse loss with label smoothing 0.1"
+    assert rt.describe(run(0.09, loss="ce", label_smoothing=0.2), ("loss",)) == "ce loss with label smoothing 0.2"
 
 
 def test_blocks_are_replaced_in_place(tmp_path: Path) -> None:
