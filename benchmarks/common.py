@@ -19,6 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows has no fcntl: records are appended there without a lock
+    fcntl = None  # type: ignore[assignment]
+
 from lightning_ep.data import DataNotFoundError, load_split
 from lightning_ep.ep import EPResult
 from lightning_ep.network import ConvergentNetwork
@@ -110,6 +115,23 @@ def write_json(name: str, records: Sequence[Record], out: Path | None = None, qu
     path.write_text(json.dumps(list(records), indent=1, default=_jsonable) + "\n")
     print(f"wrote {len(records)} records to {path}")
     return path
+
+
+def append_record(path: Path, record: Record) -> None:
+    """Append ``record`` to the JSON list in ``path`` (created when missing), holding an exclusive lock on the file
+    where the platform has one: runs beside each other that share a results file (a lever study's) keep every
+    record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        f.seek(0)
+        text = f.read()
+        records = json.loads(text) if text.strip() else []
+        records.append(record)
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(records, indent=2) + "\n")
 
 
 def _jsonable(value: Any) -> Any:

@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import RESULTS_DIR, hardware, load_average, load_averages  # noqa: E402
+from common import RESULTS_DIR, append_record, hardware, load_average, load_averages  # noqa: E402
 from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 
 from lightning_ep.baselines import SnnTorchCSNN  # noqa: E402
@@ -255,9 +255,7 @@ def main(argv: list[str]) -> dict:
     if note is not None:
         record["note"] = note
     if trainer.is_global_zero:
-        records = json.loads(path.read_text()) if path.exists() else []
-        records.append(record)
-        path.write_text(json.dumps(records, indent=2) + "\n")
+        append_record(path, record)
         print(json.dumps(record, indent=2))
     return record
 

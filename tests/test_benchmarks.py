@@ -359,10 +359,11 @@ def test_training_record_goes_where_it_is_told(tmp_path):
         "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false", "--note", "a test run",
         "--model.curvature.bound=0.9", "--model.curvature.iters=3", "--model.optim.optimizer=adamw",
         "--model.optim.weight_decay=0.05", "--data.shift=1", "--data.hflip=true", "--seed_everything=3",
-        "--model.eval_hflip=true", cwd=tmp_path)
+        "--model.eval_hflip=true", "--model.network.label_smoothing=0.1", cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     (record,) = records(out)
     assert (record["seed"], record["shift"], record["hflip"], record["eval_hflip"]) == (3, 1, True, True)
+    assert record["label_smoothing"] == 0.1
     assert all(len(record[k].split()) == 3 for k in ("load_avg_start", "load_avg_end"))  # 1/5/15-minute averages
     assert all(point["load_avg_1m"] >= 0 for point in record["curve"])
     assert record["dataset"] == "fashion_mnist" and record["global_steps"] == 2 and not record["complete"]
@@ -381,6 +382,18 @@ def test_training_record_goes_where_it_is_told(tmp_path):
     n = 2 * record["batch_size"]
     correct = round((1.0 - record["test_error"]) * n)
     assert 0 <= correct <= n and record["test_error"] == pytest.approx(1.0 - correct / n, abs=1e-6)
+
+
+def test_runs_beside_each_other_keep_every_record_of_a_shared_file(tmp_path):
+    """``common.append_record`` from two processes at once, 200 records each, into one file: none is lost."""
+    out = tmp_path / "shared.json"
+    script = (f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r}); from pathlib import Path; "
+              "from common import append_record\n"
+              f"for i in range(200): append_record(Path({str(out)!r}), {{'writer': sys.argv[1], 'i': i}})")
+    procs = [subprocess.Popen([sys.executable, "-c", script, name]) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    kept = records(out)
+    assert sorted((r["writer"], r["i"]) for r in kept) == [(w, i) for w in "ab" for i in range(200)]
 
 
 @needs_fmnist
