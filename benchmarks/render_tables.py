@@ -1294,6 +1294,9 @@ BLOCKS: dict[str, Block] = {
     "levers_depth": lever_study_block(
         "levers_depth", "the flips-only config",
         "a few epochs with a third conv layer on the flips-only FashionMNIST config"),
+    "levers_smoothing": lever_study_block(
+        "levers_smoothing", "the flips-only config",
+        "a few epochs with label smoothing on the flips-only FashionMNIST config"),
     "levers": Block(block_levers, ("levers",), "one epoch per training-step setting: seconds, steps, accuracy"),
     "eval_hflip": Block(block_eval_hflip, ("eval_hflip", "training"),
                         "test error of trained weights without and with test-time mirror averaging"),
