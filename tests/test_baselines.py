@@ -111,7 +111,8 @@ def test_learns_the_patterns_on_held_out_data(tmp_path):
     seed_everything(0)
     data = PatternDataModule(held_out=256)
     model = SnnTorchCSNN(input_shape=data.input_shape, num_classes=data.num_classes, **TINY_CSNN)
-    t = trainer(tmp_path, max_epochs=10, limit_val_batches=0)
+    # 15 epochs (120 steps): seeds 0-3 all reach 100 %; after 10 they ranged from 0.69 to 1.0 on an AMD EPYC
+    t = trainer(tmp_path, max_epochs=15, limit_val_batches=0)
     before = t.test(model, data, verbose=False)[0]["test/acc"]
     t.fit(model, data)
     after = t.test(model, data, verbose=False)[0]["test/acc"]
