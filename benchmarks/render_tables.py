@@ -138,8 +138,19 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[
 
 def machine(record: Record, full: bool = False) -> str:
     """Where a record ran, from its ``hardware`` field ('CPU | n cpus | torch | n threads | OS'): the CPU model
-    and threads, or (``full``) also the CPU count and the torch build."""
-    parts = [p.strip() for p in record["hardware"].split("|")]
+    and threads, or (``full``) also the CPU count and the torch build. A run resumed on other machines names each
+    part's in turn (from ``hardware_parts``)."""
+    names: list[str] = []
+    for hardware in record.get("hardware_parts") or [record["hardware"]]:
+        name = "not recorded" if hardware is None else describe_hardware(hardware, full)
+        if not names or names[-1] != name:
+            names.append(name)
+    return " then ".join(names)
+
+
+def describe_hardware(hardware: str, full: bool) -> str:
+    """One ``hardware`` string, named as ``machine`` does."""
+    parts = [p.strip() for p in hardware.split("|")]
     cpu = re.sub(r"\s+", " ", re.sub(r"\((R|TM)\)|\bProcessor\b|\bCPU\b", "", parts[0])).strip()
     threads = parts[3].replace("1 threads", "1 thread") if len(parts) > 3 else "threads not recorded"
     if full and len(parts) > 3:

@@ -11,8 +11,9 @@
 (a resumed run keeps Lightning's Timer: its ``--trainer.max_time`` counts the earlier parts too)
 
 Each record: dataset, method ("ep"/"bptt"/"csnn"), spiking, pooling, epochs (trained, fractional), test_error (a
-fraction), wall_s (fit + test; for a resumed run, the earlier parts' fit up to their checkpoint too), hardware,
-command, complete (all configured epochs ran, not cut by max_time/max_steps or a train subset), parts (1 + resumes),
+fraction), wall_s (fit + test; for a resumed run, the earlier parts' fit up to their checkpoint too), hardware (the
+last part's), command, complete (all configured epochs ran, not cut by max_time/max_steps or a train subset), parts
+(1 + resumes), hardware_parts (each part's hardware; None for a part whose checkpoint predates the field),
 resumed_from (the checkpoint of the last resume, or None), plus the settings that matter (threshold, hidden, t1, t2,
 beta, optimizer and weight_decay, bptt_truncate, bptt_objective (BPTT runs), curvature_bound, its iters and
 every_n_batches (curvature_iters, curvature_every), batch_size, seed, shift and hflip (the augmentation), eval_hflip
@@ -134,13 +135,15 @@ class CurveRecorder(Callback):
     weights change; for EP and BPTT the mean steps actually run per phase and the mean last state change of the free
     phase) and, with a ``GradientAlignment`` callback, its latest EP-vs-BPTT cosine. The points and the wall time so
     far go into every checkpoint: a run resumed from one (``--ckpt_path``) continues its curve and its clock (the time
-    between that checkpoint and the cut is lost, not counted)."""
+    between that checkpoint and the cut is lost, not counted), and the hardware of each part (a run resumed on another
+    machine names both)."""
 
     def __init__(self, alignment: GradientAlignment | None = None) -> None:
         self.points: list[dict[str, float | None]] = []
         self.start = time.perf_counter()
         self.earlier_s = 0.0  # wall seconds of the parts before a resume
         self.parts = 1  # 1 + how many times the run was resumed
+        self.hardware_parts: list[str | None] = [hardware()]  # where each part ran (None: not in its checkpoint)
         self.alignment = alignment
         self._train: dict[str, float] = {}
         self._batches = 0
@@ -150,12 +153,15 @@ class CurveRecorder(Callback):
         return self.earlier_s + time.perf_counter() - self.start
 
     def state_dict(self) -> dict[str, object]:
-        return {"points": self.points, "wall_s": self.elapsed(), "parts": self.parts}
+        return {"points": self.points, "wall_s": self.elapsed(), "parts": self.parts,
+                "hardware_parts": self.hardware_parts}
 
     def load_state_dict(self, state_dict: dict[str, object]) -> None:
         self.points = list(state_dict["points"])
         self.earlier_s = float(state_dict["wall_s"])
         self.parts = int(state_dict["parts"]) + 1
+        earlier = state_dict.get("hardware_parts") or [None] * (self.parts - 1)  # older checkpoints lack it
+        self.hardware_parts = [*earlier, hardware()]
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.start = time.perf_counter()
@@ -245,7 +251,8 @@ def main(argv: list[str]) -> dict:
         "eval_hflip": model.eval_hflip,
         "train_samples": len(data.train_set) if data.train_set is not None else None,
         "max_epochs": trainer.max_epochs, "global_steps": trainer.global_step,
-        "parts": curve.parts, "resumed_from": cli.config.get("ckpt_path"),
+        "parts": curve.parts, "hardware_parts": curve.hardware_parts,
+        "resumed_from": cli.config.get("ckpt_path"),
         # spikes per neuron per step of the free phase on the test set, per layer (spiking runs)
         "test_spike_rates": [round(float(metrics[k]), 4) for k in sorted(metrics) if k.startswith("test/spike_rate")],
         "test_change_free": round(float(metrics["test/change_free"]), 6) if "test/change_free" in metrics else None,

@@ -450,8 +450,8 @@ def test_training_on_the_whole_training_set_records_no_curve(tmp_path):
 
 def test_training_record_of_a_resumed_run_continues_its_curve_and_clock(tmp_path):
     """A run cut after its first epoch and resumed from its checkpoint records both epochs' points, the wall time
-    of both parts, the checkpoint it resumed from, and the Figure 2/3 statistics of every step (the
-    ActivationDiagnostics callback's, measured every step) of both parts."""
+    of both parts, the checkpoint it resumed from, each part's hardware, and the Figure 2/3 statistics of every step
+    (the ActivationDiagnostics callback's, measured every step) of both parts."""
     out, root = tmp_path / "training.json", tmp_path / "root"
     tiny = ["--model.network.channels=[4, 8]", "--model.network.hidden=[16]", "--model.phases.t1=4",
             "--model.phases.t2=2",
@@ -469,6 +469,8 @@ def test_training_record_of_a_resumed_run_continues_its_curve_and_clock(tmp_path
     part1, part2 = records(out)
     assert (part1["parts"], part1["resumed_from"], part1["epochs"]) == (1, None, 1.0)
     assert (part2["parts"], part2["resumed_from"], part2["epochs"]) == (2, str(checkpoint), 2.0)
+    assert part1["hardware_parts"] == [part1["hardware"]]
+    assert part2["hardware_parts"] == [part1["hardware"], part2["hardware"]]  # the first from the checkpoint
     assert [p["epoch"] for p in part2["curve"]] == [1.0, 2.0]
     assert part2["curve"][0] == part1["curve"][0]  # the first part's point, from the checkpoint
     assert part2["curve"][1]["wall_s"] > part2["curve"][0]["wall_s"]

@@ -272,6 +272,16 @@ def test_beyond_blocks(tmp_path: Path) -> None:
     assert rt.block_beyond_levers(empty).startswith("No full-length lever run")
 
 
+def test_a_run_resumed_on_another_machine_names_each_part() -> None:
+    epyc = HARDWARE.replace("Intel(R) Xeon(R) Processor", "AMD EPYC")
+    assert rt.machine({"hardware": HARDWARE}) == "Intel Xeon, 2 threads"  # records before hardware_parts
+    assert rt.machine({"hardware": epyc, "hardware_parts": [epyc, epyc]}) == "AMD EPYC, 2 threads"
+    assert rt.machine({"hardware": HARDWARE, "hardware_parts": [epyc, epyc, HARDWARE]}) == \
+        "AMD EPYC, 2 threads then Intel Xeon, 2 threads"
+    assert rt.machine({"hardware": HARDWARE, "hardware_parts": [None, HARDWARE]}) == \
+        "not recorded then Intel Xeon, 2 threads"
+
+
 def test_plot_beyond_draws_the_selected_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import plot_beyond
 
