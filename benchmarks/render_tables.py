@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
+import itertools
 import json
 import re
 import shlex
@@ -296,7 +297,7 @@ def todays_flags(command: str) -> str:
 
 def shown_command(record: Record, drop_seed: bool = False) -> str:
     """The record's command less the flags that change nothing (``COSMETIC``; ``--trainer.max_time`` of a run that
-    finished) and, with ``drop_seed``, less ``--seed_everything``."""
+    finished) and, with ``drop_seed``, less ``--seed_everything``; an EP run's in today's flag names."""
     drop = COSMETIC + (("--trainer.max_time",) if record.get("complete") else ()) + (
         ("--seed_everything",) if drop_seed else ())
     tokens, kept = shlex.split(record["command"]), []
@@ -310,7 +311,8 @@ def shown_command(record: Record, drop_seed: bool = False) -> str:
             skip = "=" not in token
             continue
         kept.append(token)
-    return todays_flags(shlex.join(kept))
+    command = shlex.join(kept)
+    return command if record.get("method") == "csnn" else todays_flags(command)  # the renames are EP's flags
 
 
 def signature(record: Record) -> tuple:
@@ -1056,10 +1058,12 @@ def lever_study(results: Results, source: str, base: str) -> str:
              pct(r["test_error"]), "–" if r is base_run else points(r["test_error"] - base_run["test_error"]),
              f"{r['wall_s'] / 60:.1f} min"] for r, p in zip(records, pairs, strict=True)]
     protocol = shell_flags(pair for pair in pairs[0] if pair in shared and pair[0] != "--record")
+    (recipe,) = {shlex.join(itertools.takewhile(lambda t: not t.startswith("--"), shlex.split(shown_command(r))))
+                 for r in records}
     where = "; ".join(sorted({machine(r) for r in records}))
     return (f"Each lever changes {base}, from seed 0 with the same batch order (the same initial weights where "
             f"the network's shape is unchanged): "
-            f"`python benchmarks/training.py fmnist {protocol} --record benchmarks/results/{source}.json "
+            f"`{recipe} {protocol} --record benchmarks/results/{source}.json "
             f"[lever flags]` ({where}; wall times with the other core busy, as each record's note says). Test "
             f"error on the 10,000 test images.\n\n"
             + table(["lever (flags added)", "test error", f"lever − {base} (points)", "wall time"], rows,
@@ -1308,6 +1312,9 @@ BLOCKS: dict[str, Block] = {
     "levers_smoothing": lever_study_block(
         "levers_smoothing", "the flips-only config",
         "a few epochs with label smoothing on the flips-only FashionMNIST config"),
+    "levers_csnn": lever_study_block(
+        "levers_csnn", "the flips-only CSNN config",
+        "a few epochs per learning rate or loss of the snnTorch CSNN baseline on FashionMNIST"),
     "levers": Block(block_levers, ("levers",), "one epoch per training-step setting: seconds, steps, accuracy"),
     "eval_hflip": Block(block_eval_hflip, ("eval_hflip", "training"),
                         "test error of trained weights without and with test-time mirror averaging"),

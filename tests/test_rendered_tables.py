@@ -341,6 +341,20 @@ def test_a_lever_study_compares_each_lever_with_the_run_without_one(tmp_path: Pa
         "--trainer.max_epochs 6 --record benchmarks/results/levers_capacity.json [lever flags]`" in text
 
 
+
+def test_a_lever_study_names_the_recipe_its_runs_ran(tmp_path: Path) -> None:
+    """A study of the CSNN baseline gives its own recipe (``fmnist-csnn``) and flags in the command, not EP's."""
+    study = "python benchmarks/training.py fmnist-csnn --config recipes/configs/fmnist_csnn_best.yaml " \
+        "--trainer.max_epochs 6 --record benchmarks/results/levers_csnn.json"
+    records = [run(0.20, command=study, method="csnn"), run(0.18, command=study + " --model.optim.lr 0.003",
+                                                              method="csnn"),
+               run(0.15, command=study + " --model.loss mse_count", method="csnn")]
+    text = rt.lever_study(results_with(tmp_path, levers_csnn=records), "levers_csnn", "the CSNN config")
+    assert "| --model.loss mse_count | 15.00 % | −5.00 |" in text  # the CSNN's flag, not EP's --model.network.loss
+    assert "`python benchmarks/training.py fmnist-csnn --config recipes/configs/fmnist_csnn_best.yaml " \
+        "--trainer.max_epochs 6 --record benchmarks/results/levers_csnn.json [lever flags]`" in text
+    assert "| --model.optim.lr 0.003 | 18.00 % | −2.00 |" in text
+
 def test_eval_hflip_block(tmp_path: Path) -> None:
     """Each checkpoint's test error alone and with mirror averaging, named by the command that trained it."""
     common = {"dataset": "fashion_mnist", "test_images": 10000, "threads": 2, "hardware": HARDWARE,
