@@ -341,7 +341,6 @@ def test_a_lever_study_compares_each_lever_with_the_run_without_one(tmp_path: Pa
         "--trainer.max_epochs 6 --record benchmarks/results/levers_capacity.json [lever flags]`" in text
 
 
-
 def test_a_lever_study_names_the_recipe_its_runs_ran(tmp_path: Path) -> None:
     """A study of the CSNN baseline gives its own recipe (``fmnist-csnn``) and flags in the command, not EP's."""
     study = "python benchmarks/training.py fmnist-csnn --config recipes/configs/fmnist_csnn_best.yaml " \
@@ -354,6 +353,7 @@ def test_a_lever_study_names_the_recipe_its_runs_ran(tmp_path: Path) -> None:
     assert "`python benchmarks/training.py fmnist-csnn --config recipes/configs/fmnist_csnn_best.yaml " \
         "--trainer.max_epochs 6 --record benchmarks/results/levers_csnn.json [lever flags]`" in text
     assert "| --model.optim.lr 0.003 | 18.00 % | −2.00 |" in text
+
 
 def test_eval_hflip_block(tmp_path: Path) -> None:
     """Each checkpoint's test error alone and with mirror averaging, named by the command that trained it."""
