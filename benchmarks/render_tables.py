@@ -1051,15 +1051,15 @@ def lever_study(results: Results, source: str, base: str) -> str:
     """A short lever study: each record's flags beyond those all share, its test error against the record with no
     lever (``base`` names it), all from seed 0 with the same batch order."""
     records = results[source]
-    pairs = [flag_pairs(shown_command(r)) for r in records]
+    commands = [shown_command(r) for r in records]
+    pairs = [flag_pairs(c) for c in commands]
     shared = set.intersection(*(set(p) for p in pairs))
     base_run = next(r for r, p in zip(records, pairs, strict=True) if set(p) == shared)
     rows = [[shell_flags(pair for pair in p if pair not in shared) or f"none ({base})",
              pct(r["test_error"]), "–" if r is base_run else points(r["test_error"] - base_run["test_error"]),
              f"{r['wall_s'] / 60:.1f} min"] for r, p in zip(records, pairs, strict=True)]
     protocol = shell_flags(pair for pair in pairs[0] if pair in shared and pair[0] != "--record")
-    (recipe,) = {shlex.join(itertools.takewhile(lambda t: not t.startswith("--"), shlex.split(shown_command(r))))
-                 for r in records}
+    (recipe,) = {shlex.join(itertools.takewhile(lambda t: not t.startswith("--"), shlex.split(c))) for c in commands}
     where = "; ".join(sorted({machine(r) for r in records}))
     return (f"Each lever changes {base}, from seed 0 with the same batch order (the same initial weights where "
             f"the network's shape is unchanged): "
